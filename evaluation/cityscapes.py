@@ -1,0 +1,308 @@
+"""Cityscapes pixel-level semantic labeling metrics, equal to cityscapesscripts 2.3.0.
+
+Reproduces ``evalPixelLevelSemanticLabeling``: a 34x34 labelId confusion matrix, class IoU (FP only over
+non-ignored GT rows, NaN when the denominator is 0), instance-weighted iIoU with the official average class
+sizes, category IoU / iIoU, and ``getScoreAverage`` (left-to-right sum over non-NaN scores). Counting runs
+in torch (bincount) on any device; the few float sums that must follow the official order run on the host.
+
+Predictions may hold labelIds (the official format) or trainIds (mapped to labelIds; 255 -> unlabeled).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.dist import gather_on_main
+from evaluation.semseg import sequential_nanmean
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CsLabel:
+    name: str
+    id: int
+    train_id: int
+    category: str
+    has_instances: bool
+    ignore_in_eval: bool
+
+
+_L = CsLabel
+LABELS: tuple[CsLabel, ...] = (
+    _L("unlabeled", 0, 255, "void", False, True), _L("ego vehicle", 1, 255, "void", False, True),
+    _L("rectification border", 2, 255, "void", False, True), _L("out of roi", 3, 255, "void", False, True),
+    _L("static", 4, 255, "void", False, True), _L("dynamic", 5, 255, "void", False, True),
+    _L("ground", 6, 255, "void", False, True), _L("road", 7, 0, "flat", False, False),
+    _L("sidewalk", 8, 1, "flat", False, False), _L("parking", 9, 255, "flat", False, True),
+    _L("rail track", 10, 255, "flat", False, True), _L("building", 11, 2, "construction", False, False),
+    _L("wall", 12, 3, "construction", False, False), _L("fence", 13, 4, "construction", False, False),
+    _L("guard rail", 14, 255, "construction", False, True), _L("bridge", 15, 255, "construction", False, True),
+    _L("tunnel", 16, 255, "construction", False, True), _L("pole", 17, 5, "object", False, False),
+    _L("polegroup", 18, 255, "object", False, True), _L("traffic light", 19, 6, "object", False, False),
+    _L("traffic sign", 20, 7, "object", False, False), _L("vegetation", 21, 8, "nature", False, False),
+    _L("terrain", 22, 9, "nature", False, False), _L("sky", 23, 10, "sky", False, False),
+    _L("person", 24, 11, "human", True, False), _L("rider", 25, 12, "human", True, False),
+    _L("car", 26, 13, "vehicle", True, False), _L("truck", 27, 14, "vehicle", True, False),
+    _L("bus", 28, 15, "vehicle", True, False), _L("caravan", 29, 255, "vehicle", True, True),
+    _L("trailer", 30, 255, "vehicle", True, True), _L("train", 31, 16, "vehicle", True, False),
+    _L("motorcycle", 32, 17, "vehicle", True, False), _L("bicycle", 33, 18, "vehicle", True, False),
+    _L("license plate", -1, -1, "vehicle", False, True),
+)
+AVG_CLASS_SIZE = {  # cityscapesScripts' average instance sizes (pixels) for iIoU weights
+    "bicycle": 4672.3249222261, "caravan": 36771.8241758242, "motorcycle": 6298.7200839748,
+    "rider": 3930.4788056518, "bus": 35732.1511111111, "train": 67583.7075812274, "car": 12794.0202738185,
+    "person": 3462.4756337644, "truck": 27855.1264367816, "trailer": 16926.9763313609,
+}
+NUM_IDS = 34  # labelIds 0..33 (license plate, id -1, is never drawn)
+ID2LABEL = {lb.id: lb for lb in LABELS if lb.id >= 0}
+EVAL_IDS = [lb.id for lb in LABELS if lb.id >= 0 and not lb.ignore_in_eval]  # the 19 classes
+CATEGORIES = list(dict.fromkeys(lb.category for lb in LABELS))
+# categories whose labels (id >= 0) all have instances -> category iIoU (human, vehicle)
+INST_CATEGORIES = {c: [lb.id for lb in LABELS if lb.category == c and lb.id >= 0] for c in CATEGORIES
+                   if all(lb.has_instances for lb in LABELS if lb.category == c and lb.id >= 0)}
+TRAIN_TO_LABEL = np.zeros(256, dtype=np.int64)  # trainId -> labelId; 255 and unknown -> 0 (unlabeled)
+for _lb in LABELS:
+    if 0 <= _lb.train_id < 255:
+        TRAIN_TO_LABEL[_lb.train_id] = _lb.id
+FRAME_RE = re.compile(r"([a-z_]+)_(\d{6})_(\d{6})")
+
+
+def _inst_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(34,) category index per labelId (-1: none) and (C, 34) bool labelId membership of INST_CATEGORIES."""
+    cats = list(INST_CATEGORIES)
+    cat_of = torch.full((NUM_IDS,), -1, dtype=torch.long)
+    member = torch.zeros((max(len(cats), 1), NUM_IDS), dtype=torch.bool)
+    for ci, c in enumerate(cats):
+        member[ci, INST_CATEGORIES[c]] = True
+        for i in INST_CATEGORIES[c]:
+            cat_of[i] = ci
+    return cat_of.to(device), member.to(device)
+
+
+def frame_stats(pred: torch.Tensor, gt: torch.Tensor, inst: torch.Tensor | None, name: str = "frame"):
+    """Counts of one frame (all labelIds, same shape (H, W), on any device).
+
+    Returns:
+        (confusion (34, 34) int64, instance stats (n, 4) int64 rows [labelId, size, tp, category tp] for the
+        non-ignored instances in ascending instance-id order, or None without an instance map).
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"{name}: prediction size {tuple(pred.shape)} != GT size {tuple(gt.shape)}")
+    g, p = gt.reshape(-1).long(), pred.reshape(-1).long()
+    if int(g.min()) < 0 or int(g.max()) >= NUM_IDS:
+        raise ValueError(f"{name}: GT holds unknown labelId {int(g.max()) if int(g.max()) >= NUM_IDS else int(g.min())}")
+    if int(p.min()) < 0 or int(p.max()) >= NUM_IDS:
+        raise ValueError(f"{name}: prediction holds value {int(p.max())} outside labelIds 0..33")
+    conf = torch.bincount(g * NUM_IDS + p, minlength=NUM_IDS * NUM_IDS).view(NUM_IDS, NUM_IDS)
+    if inst is None:
+        return conf, None
+    if inst.shape != gt.shape:
+        raise ValueError(f"{name}: instance map size {tuple(inst.shape)} != GT size {tuple(gt.shape)}")
+    ins = inst.reshape(-1).long()
+    n_ids = int(ins.max()) + 1
+    if n_ids <= 1001:
+        return conf, torch.zeros((0, 4), dtype=torch.long)
+    hist = torch.bincount(ins * NUM_IDS + p, minlength=n_ids * NUM_IDS).view(n_ids, NUM_IDS)
+    sizes = hist.sum(1)
+    ids = torch.nonzero(sizes[1001:]).squeeze(1) + 1001
+    label = ids // 1000
+    if int(label.max()) >= NUM_IDS:
+        raise ValueError(f"{name}: instance id {int(ids.max())} has unknown labelId")
+    ignored = torch.tensor([ID2LABEL[i].ignore_in_eval for i in range(NUM_IDS)], device=ins.device)
+    keep = ~ignored[label]
+    ids, label = ids[keep], label[keep]
+    rows = hist[ids]
+    cat_of, member = _inst_tables(ins.device)
+    tp = rows.gather(1, label[:, None]).squeeze(1)
+    cat_idx = cat_of[label]
+    cat_tp = (rows * member[cat_idx.clamp(min=0)]).sum(1)
+    cat_tp = torch.where(cat_idx >= 0, cat_tp, 0)
+    return conf, torch.stack([label, sizes[ids], tp, cat_tp], 1).cpu()
+
+
+def _label_iou(conf: np.ndarray, ids: Sequence[int], fp_rows: Sequence[int], cols: Sequence[int]):
+    """tp, fn, fp as int64 for a set of labelIds (cityscapesScripts' class / category definitions)."""
+    tp = np.longlong(conf[np.ix_(ids, ids)].sum())
+    fn = np.longlong(conf[ids, :].sum()) - tp
+    fp = np.longlong(conf[np.ix_(fp_rows, cols)].sum())
+    return tp, fn, fp
+
+
+def scores_from_counts(conf: np.ndarray, inst_rows: np.ndarray) -> dict[str, Any]:
+    """Official result dict from the summed confusion and the ordered instance rows."""
+    ids = list(range(NUM_IDS))
+    not_ign = [i for i in ids if not ID2LABEL[i].ignore_in_eval]
+    class_scores, class_inst = {}, {}
+    weighted = _weighted_instance_sums(inst_rows)
+    for i in ids:
+        lb = ID2LABEL[i]
+        if lb.ignore_in_eval:
+            class_scores[lb.name] = class_inst[lb.name] = float("nan")
+            continue
+        tp, fn, fp = _label_iou(conf, [i], [j for j in not_ign if j != i], [i])
+        denom = tp + fp + fn
+        class_scores[lb.name] = float(tp) / denom if denom != 0 else float("nan")
+        if lb.has_instances:
+            tpw, fnw = weighted["classes"].get(i, (0.0, 0.0))
+            d = tpw + fp + fnw
+            class_inst[lb.name] = float(float(tpw) / d) if d != 0 else float("nan")
+        else:
+            class_inst[lb.name] = float("nan")
+    cat_scores, cat_inst = {}, {}
+    for c in CATEGORIES:
+        lids = [lb.id for lb in LABELS if lb.category == c and not lb.ignore_in_eval and lb.id >= 0]
+        rows = [j for j in not_ign if ID2LABEL[j].category != c]
+        if lids:
+            tp, fn, fp = _label_iou(conf, lids, rows, lids)
+            denom = tp + fp + fn
+            cat_scores[c] = float(tp) / denom if denom != 0 else float("nan")
+        else:
+            cat_scores[c] = float("nan")
+        if c in INST_CATEGORIES:
+            cl = INST_CATEGORIES[c]
+            fp = np.longlong(conf[np.ix_(rows, cl)].sum())
+            tpw, fnw = weighted["categories"].get(c, (0.0, 0.0))
+            d = tpw + fp + fnw
+            cat_inst[c] = float(float(tpw) / d) if d != 0 else float("nan")
+        else:
+            cat_inst[c] = float("nan")
+    return {
+        "classScores": {k: float(v) for k, v in class_scores.items()},
+        "classInstScores": class_inst,
+        "categoryScores": {k: float(v) for k, v in cat_scores.items()},
+        "categoryInstScores": cat_inst,
+        "averageScoreClasses": sequential_nanmean([float(v) for v in class_scores.values()]),
+        "averageScoreInstClasses": sequential_nanmean(list(class_inst.values())),
+        "averageScoreCategories": sequential_nanmean([float(v) for v in cat_scores.values()]),
+        "averageScoreInstCategories": sequential_nanmean(list(cat_inst.values())),
+        "confMatrix": conf.tolist(),
+    }
+
+
+def _weighted_instance_sums(rows: np.ndarray) -> dict[str, dict]:
+    """Sequential float sums of tp*w and fn*w (w = avgClassSize / size) in instance order, per class and
+    per category (np.cumsum is a left fold, like the official ``+=``)."""
+    out: dict[str, dict] = {"classes": {}, "categories": {}}
+    if rows.size == 0:
+        return out
+    label, size, tp, cat_tp = (rows[:, i] for i in range(4))
+    avg = np.array([AVG_CLASS_SIZE.get(ID2LABEL[i].name, np.nan) for i in range(NUM_IDS)])
+    weight = avg[label] / size.astype(np.float64)
+    tpw, fnw = tp.astype(np.float64) * weight, (size - tp).astype(np.float64) * weight
+    ctpw, cfnw = cat_tp.astype(np.float64) * weight, (size - cat_tp).astype(np.float64) * weight
+    for lid in np.unique(label).tolist():
+        m = label == lid
+        out["classes"][lid] = (float(np.cumsum(tpw[m])[-1]), float(np.cumsum(fnw[m])[-1]))
+    for c, lids in INST_CATEGORIES.items():
+        m = np.isin(label, lids)
+        if m.any():
+            out["categories"][c] = (float(np.cumsum(ctpw[m])[-1]), float(np.cumsum(cfnw[m])[-1]))
+    return out
+
+
+class CityscapesEvaluator:
+    """Streaming Cityscapes evaluator: process frames in order, evaluate once (gathers ranks in rank order).
+
+    Args:
+        pred_ids: "label" (labelIds 0..33, the official format) or "train" (trainIds 0..18, 255 = void).
+        device: where the bincounts run (default: CUDA when available).
+    """
+
+    def __init__(self, *, pred_ids: str = "label", device: str | torch.device | None = None) -> None:
+        if pred_ids not in ("label", "train"):
+            raise ValueError(f"CityscapesEvaluator: pred_ids must be 'label' or 'train', got {pred_ids!r}")
+        self.pred_ids = pred_ids
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self._lut = torch.as_tensor(TRAIN_TO_LABEL, device=self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        self._conf = torch.zeros((NUM_IDS, NUM_IDS), dtype=torch.long, device=self.device)
+        self._inst: list[torch.Tensor] = []
+        self.num_frames = 0
+
+    def process(self, pred: Any, gt: Any, instances: Any = None, name: str | None = None) -> None:
+        """Add one frame: ``pred`` (H, W), ``gt`` labelIds (H, W), ``instances`` instanceIds (H, W) or None."""
+        name = name or f"frame #{self.num_frames}"
+        to = lambda x: (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(self.device)  # noqa: E731
+        p = to(pred).long()
+        if self.pred_ids == "train":
+            if int(p.min()) < 0 or int(p.max()) > 255:
+                raise ValueError(f"{name}: trainId prediction outside 0..255")
+            p = self._lut[p]
+        conf, rows = frame_stats(p, to(gt), None if instances is None else to(instances), name)
+        self._conf += conf
+        if rows is not None:
+            self._inst.append(rows)
+        self.num_frames += 1
+
+    def evaluate(self) -> dict[str, Any]:
+        """Official result dict (rank 0; {} on other ranks)."""
+        parts = gather_on_main((self._conf.cpu(), self._inst))
+        if parts is None:
+            return {}
+        conf = sum(p[0] for p in parts).numpy().astype(np.uint64).astype(np.int64)
+        rows = [r for p in parts for r in p[1]]
+        inst = torch.cat(rows).numpy() if rows else np.zeros((0, 4), np.int64)
+        return scores_from_counts(conf, inst)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im)
+
+
+def find_frames(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[Path, Path, Path]]:
+    """(prediction, GT labelIds, GT instanceIds) per frame, matched by ``city_seq_frame`` (sorted by GT path)."""
+    gts = sorted(Path(gt_dir).rglob("*_gtFine_labelIds.png"))
+    if not gts:
+        raise ValueError(f"no *_gtFine_labelIds.png under {gt_dir}")
+    preds: dict[str, list[Path]] = {}
+    for p in Path(pred_dir).rglob("*.png"):
+        m = FRAME_RE.search(p.name)
+        if m:
+            preds.setdefault(m.group(0), []).append(p)
+    out = []
+    for g in gts:
+        key = FRAME_RE.search(g.name).group(0)
+        cand = preds.get(key, [])
+        if len(cand) != 1:
+            what = "no prediction PNG" if not cand else f"{len(cand)} prediction PNGs"
+            raise ValueError(f"{what} for frame {key} (GT {g}) in {pred_dir}")
+        out.append((cand[0], g, g.with_name(g.name.replace("labelIds", "instanceIds"))))
+    return out
+
+
+def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, *, pred_ids: str = "label", workers: int = 8,
+                  device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+    """The whole job from PNG files: frames matched by ``city_seq_frame``, PNGs decoded by a thread pool
+    (Pillow releases the GIL while decoding) while the counts run on ``device``."""
+    from tqdm import tqdm
+
+    frames = find_frames(gt_dir, pred_dir)
+    ev = CityscapesEvaluator(pred_ids=pred_ids, device=device)
+
+    def load(f: tuple[Path, Path, Path]):
+        inst = _read_png(f[2]) if f[2].is_file() else None
+        return _read_png(f[0]), _read_png(f[1]), inst
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f, (p, g, i) in tqdm(zip(frames, pool.map(load, frames)), total=len(frames), disable=not progress,
+                                 desc="cityscapes"):
+            if p.ndim != 2:
+                raise ValueError(f"{f[0]}: prediction has {p.shape[2]} channels, expected a single-channel PNG")
+            ev.process(p, g, i, name=str(f[0]))
+    return ev.evaluate()

@@ -1,0 +1,1 @@
+"""Shared infrastructure for the task packages: configs, distributed helpers, checkpoints, logging, EMA."""

@@ -1,0 +1,113 @@
+"""Typed configuration of the few-shot task (YAML deltas over these defaults, dotted overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from backbones.adm_unet import ADMUNet
+
+
+@dataclass
+class UNetConfig:
+    """guided-diffusion ``create_model`` flags (defaults: a small CamVid model)."""
+
+    image_size: int = 128
+    num_channels: int = 64
+    num_res_blocks: int = 2
+    channel_mult: str = "1,2,2,4"
+    attention_resolutions: str = "16"
+    num_heads: int = 1
+    num_head_channels: int = 32
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    dropout: float = 0.1
+    learn_sigma: bool = False
+    class_cond: bool = False
+    use_fp16: bool = False
+    use_new_attention_order: bool = False
+    use_checkpoint: bool = False
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion training (train_diffusion.py) or a pretrained checkpoint (``checkpoint``)."""
+
+    data_dir: str = ""
+    output_dir: str = "outputs/fewshot/diffusion"
+    checkpoint: str = ""  # a guided-diffusion-format state_dict (.pt); empty = output_dir/last.pt
+    iterations: int = 20000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    noise_schedule: str = "linear"
+    num_timesteps: int = 1000
+    amp: str = "bf16"  # bf16 | fp16 | fp32 (GPU only)
+    log_every: int = 50
+    checkpoint_every: int = 2000
+    num_samples: int = 16
+    sample_steps: int = 50
+    sampler: str = "ddim"  # ddim | dpm_solver
+
+
+@dataclass
+class DataConfig:
+    """Labelled data: ``kind`` camvid (split lists) or ddpmseg (image + .npy folders)."""
+
+    kind: str = "camvid"
+    root: str = "../shared/data/camvid"
+    train_split: str = "train"  # camvid: list name; ddpmseg: folder under root
+    val_split: str = "val"
+    height: int = 96
+    width: int = 128
+    num_classes: int = 11
+    ignore_index: int = 11
+    class_names: list[str] = field(default_factory=list)
+    training_number: int = 0  # ddpmseg: first N sorted training files (0 = all)
+    testing_number: int = 0
+
+
+@dataclass
+class FeatureConfig:
+    blocks: list[int] = field(default_factory=lambda: [2, 4, 5, 7, 8])
+    timesteps: list[int] = field(default_factory=lambda: [50, 150, 250])
+    noise_seed: int = 0
+    cache_dir: str = ""  # empty = no cache
+    batch_size: int = 8
+
+
+@dataclass
+class ClassifierConfig:
+    num_models: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_epochs: int = 100
+    patience: int = 50
+    chunk_pixels: int = 65536
+    min_class_pixels: int = 20
+    max_iterations: int = 0  # 0 = DDPM-Seg's early stop only
+
+
+@dataclass
+class FewShotConfig:
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "outputs/fewshot/run"
+    k: int = 0  # labelled training images (random, seeded); 0 = all of the training split
+    num_overlays: int = 8
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+def build_unet(cfg: FewShotConfig) -> ADMUNet:
+    """The ADM U-Net of ``cfg.unet``."""
+    return ADMUNet.from_flags(**asdict(cfg.unet))
+
+
+def image_size_hw(cfg: FewShotConfig) -> tuple[int, int]:
+    """(H, W) images are resized to."""
+    return (cfg.data.height, cfg.data.width)

@@ -1,0 +1,63 @@
+"""The embedded synthetic dataset: valid COCO, deterministic, varied (sizes, categories, empty images)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.detect.synthetic import CATEGORIES, SyntheticSpec, ensure_synthetic_dataset, render_image
+
+SPEC = SyntheticSpec(num_train=60, num_val=20, empty_fraction=0.1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "shapes"
+    return root, ensure_synthetic_dataset(root, SPEC)
+
+
+def test_layout_and_coco_validity(dataset):
+    root, paths = dataset
+    for split, count in (("train", SPEC.num_train), ("val", SPEC.num_val)):
+        data = json.loads(open(paths[f"{split}_json"]).read())
+        assert len(data["images"]) == count
+        assert [c["name"] for c in data["categories"]] == list(CATEGORIES)
+        sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+        for im in data["images"][:5]:
+            assert Image.open(f"{paths[f'{split}_images']}/{im['file_name']}").size == sizes[im["id"]]
+        for ann in data["annotations"]:
+            x, y, w, h = ann["bbox"]
+            width, height = sizes[ann["image_id"]]
+            assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= width and y + h <= height
+            assert 0 < ann["area"] <= w * h and ann["iscrowd"] == 0
+        assert len({a["id"] for a in data["annotations"]}) == len(data["annotations"])
+
+
+def test_variety(dataset):
+    _, paths = dataset
+    data = json.loads(open(paths["train_json"]).read())
+    areas = np.array([a["area"] for a in data["annotations"]])
+    assert (areas < 32**2).any() and ((areas >= 32**2) & (areas < 96**2)).any()
+    assert len({a["category_id"] for a in data["annotations"]}) == len(CATEGORIES)
+    with_anns = {a["image_id"] for a in data["annotations"]}
+    assert len(with_anns) < len(data["images"])  # some empty images are kept
+
+
+def test_reused_when_present_and_deterministic(dataset, tmp_path):
+    root, paths = dataset
+    stamp = (root / "DONE.json").stat().st_mtime_ns
+    ensure_synthetic_dataset(root, SPEC)
+    assert (root / "DONE.json").stat().st_mtime_ns == stamp
+    other = ensure_synthetic_dataset(tmp_path / "again", SPEC)
+    assert open(other["val_json"]).read() == open(paths["val_json"]).read()
+
+
+def test_boxes_are_tight_around_visible_pixels():
+    rng = np.random.default_rng(0)
+    image, objects = render_image(rng, 128, 128, 5)
+    assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+    for category, (x, y, w, h), area in objects:
+        assert 0 <= category < len(CATEGORIES) and area <= w * h
