@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +288,20 @@ def find_frames(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[Path, Pa
     return out
 
 
+def _prefetch(pool: ThreadPoolExecutor, fn, items: Sequence, depth: int):
+    """Yield (item, fn(item)) in order with at most ``depth`` decodes in flight (bounded memory)."""
+    it = iter(items)
+    queue: deque = deque()
+    for x in islice(it, depth):
+        queue.append((x, pool.submit(fn, x)))
+    while queue:
+        x, fut = queue.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append((nxt, pool.submit(fn, nxt)))
+        yield x, fut.result()
+
+
 def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, *, pred_ids: str = "label", workers: int = 8,
                   device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """The whole job from PNG files: frames matched by ``city_seq_frame``, PNGs decoded by a thread pool
@@ -300,8 +316,8 @@ def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, *, pred_ids: str = "
         return _read_png(f[0]), _read_png(f[1]), inst
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f, (p, g, i) in tqdm(zip(frames, pool.map(load, frames)), total=len(frames), disable=not progress,
-                                 desc="cityscapes"):
+        loaded = _prefetch(pool, load, frames, depth=2 * workers)
+        for f, (p, g, i) in tqdm(loaded, total=len(frames), disable=not progress, desc="cityscapes"):
             if p.ndim != 2:
                 raise ValueError(f"{f[0]}: prediction has {p.shape[2]} channels, expected a single-channel PNG")
             ev.process(p, g, i, name=str(f[0]))

@@ -18,6 +18,7 @@ scores arrays are equal to the official ones byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -194,7 +195,7 @@ def match(
     """Match the ordered, truncated detections ``order[keep]`` to GTs.
 
     Returns:
-        (tp, ig): (A, T, N) bool over the N kept ordered detections: ``tp`` = matched to a GT with id != 0
+        (tp, ig): (N, A, T) bool over the N kept ordered detections: ``tp`` = matched to a GT with id != 0
         (pycocotools' ``dtm`` truthiness), ``ig`` = pycocotools' ``dtIgnore``.
     """
     dev = order.device
@@ -207,8 +208,8 @@ def match(
     det_cell = dt.img[det] * num_cats + dt.cat[det]
     g_start = torch.searchsorted(gt_cell, det_cell, right=False)
     g_cnt = torch.searchsorted(gt_cell, det_cell, right=True) - g_start
-    sel_gt = torch.full((n, a, t), -1, dtype=torch.long, device=dev)  # global GT index or -1
-
+    tp = torch.zeros((n, a, t), dtype=torch.bool, device=dev)
+    ig = torch.zeros((n, a, t), dtype=torch.bool, device=dev)
     has = torch.nonzero(g_cnt > 0).squeeze(1)
     if has.numel():
         cnt = g_cnt[has]
@@ -220,33 +221,33 @@ def match(
         thr_eff = torch.clamp(iou_thrs, max=1 - 1e-10)
         best = torch.full((n,), -2.0, dtype=torch.float64, device=dev)
         best.scatter_reduce_(0, pair_det, ious, reduce="amax")
-        cand = best >= thr_eff.min()
-        _match_candidates(
-            cand, det_cell, g_start, g_cnt, pair_det, pair_q, ious, gt_order, gt_ign, gt.crowd,
-            thr_eff, sel_gt,
-        )
-
-    hit = sel_gt >= 0
-    gsel = sel_gt.clamp(min=0)
-    tp = hit & gt.id_nonzero[gsel]
-    ig = hit & gt_ign.gather(1, gsel.permute(1, 0, 2).reshape(a, -1)).reshape(a, n, t).permute(1, 0, 2)
+        cidx = torch.nonzero(best >= thr_eff.min()).squeeze(1)  # detections that can match somewhere
+        if cidx.numel():
+            sel = _match_candidates(cidx, det_cell, g_start, g_cnt, pair_det, pair_q, ious, gt_order, gt_ign,
+                                    gt.crowd, thr_eff)  # (C, A, T) global GT index or -1
+            hit = sel >= 0
+            gsel = sel.clamp(min=0)
+            tp[cidx] = hit & gt.id_nonzero[gsel]
+            g_ign = gt_ign.gather(1, gsel.permute(1, 0, 2).reshape(a, -1)).reshape(a, -1, t).permute(1, 0, 2)
+            ig[cidx] = hit & g_ign
     lo, hi = area_rngs[:, 0], area_rngs[:, 1]
     d_area = dt.area[det]
     out_rng = (d_area[:, None] < lo[None, :]) | (d_area[:, None] > hi[None, :])  # (N, A)
     if dt.ignore_unmatched is not None:
         out_rng = out_rng | dt.ignore_unmatched[det][:, None]
     ig = ig | (~tp & out_rng[:, :, None])
-    return tp.permute(1, 2, 0).contiguous(), ig.permute(1, 2, 0).contiguous()
+    return tp, ig
 
 
 def _match_candidates(
-    cand, det_cell, g_start, g_cnt, pair_det, pair_q, ious, gt_order, gt_ign, gt_crowd, thr_eff, sel_gt
-) -> None:
-    """Bucket the cells with candidate detections and run the greedy matcher; fills ``sel_gt``."""
+    cidx, det_cell, g_start, g_cnt, pair_det, pair_q, ious, gt_order, gt_ign, gt_crowd, thr_eff
+) -> torch.Tensor:
+    """Bucket the cells of the candidate detections ``cidx`` and run the greedy matcher.
+
+    Returns:
+        (len(cidx), A, T) int64 global GT index matched by each candidate, -1 when unmatched.
+    """
     dev = det_cell.device
-    cidx = torch.nonzero(cand).squeeze(1)  # ordered detections that can match at some threshold
-    if cidx.numel() == 0:
-        return
     cseg, crank = _segment_starts(det_cell[cidx])  # candidate rank within its cell (score order)
     n_cells = int(cseg[-1]) + 1
     first = torch.full((n_cells,), -1, dtype=torch.long, device=dev)
@@ -258,16 +259,19 @@ def _match_candidates(
     pmask = pos_of[pair_det] >= 0
     p_c = pos_of[pair_det[pmask]]  # candidate position per pair
     p_q, p_iou = pair_q[pmask], ious[pmask]
+    sel = torch.full((cidx.numel(), gt_ign.shape[0], thr_eff.numel()), -1, dtype=torch.long, device=dev)
     bucket = _bucket_of(cell_g)
     for b in torch.unique(bucket).tolist():
         cells = torch.nonzero(bucket == b).squeeze(1)
         cells = cells[torch.sort(cell_j[cells], descending=True, stable=True).indices]
-        _run_bucket(cells, cseg, crank, cidx, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt_order,
-                    gt_ign, gt_crowd, thr_eff, sel_gt)
+        _run_bucket(cells, cseg, crank, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt_order, gt_ign, gt_crowd,
+                    thr_eff, sel)
+    return sel
 
 
-def _run_bucket(cells, cseg, crank, cidx, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt_order, gt_ign,
-                gt_crowd, thr_eff, sel_gt) -> None:
+def _run_bucket(cells, cseg, crank, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt_order, gt_ign, gt_crowd,
+                thr_eff, sel_out) -> None:
+    """Pad one bucket of cells to (cells, candidates, G), match, and write global GT indices to sel_out."""
     dev = cells.device
     nb = cells.numel()
     g_max, j_max = int(cell_g[cells].max()), int(cell_j[cells].max())
@@ -286,11 +290,12 @@ def _run_bucket(cells, cseg, crank, cidx, p_c, p_q, p_iou, cell_g0, cell_g, cell
     counts = cell_j[cells]
     n_active = [int(v) for v in (counts[None, :] > torch.arange(j_max, device=dev)[:, None]).sum(1).tolist()]
     sel = _greedy_match_bucket(iou, n_active, ign, crowd, thr_eff)  # (nb, J, A, T)
+    del iou
     c_loc = local[cseg]
     mine = torch.nonzero(c_loc >= 0).squeeze(1)
     s = sel[c_loc[mine], crank[mine]]  # (m, A, T)
     g_glob = torch.where(s >= 0, gidx[c_loc[mine]].gather(1, s.clamp(min=0).flatten(1)).view_as(s), -1)
-    sel_gt[cidx[mine]] = g_glob
+    sel_out[mine] = g_glob
 
 
 def _segmented_suffix_max(values: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
@@ -333,10 +338,10 @@ def accumulate(
 
     Args:
         order, rank: from :func:`sort_detections`; keep: bool mask of ``order`` entries that were matched.
-        tp, ig: (A, T, N) from :func:`match` over ``order[keep]``.
+        tp, ig: (N, A, T) from :func:`match` over ``order[keep]``.
     """
     dev = order.device
-    a_n, t_n = tp.shape[0], tp.shape[1]
+    a_n, t_n = tp.shape[1], tp.shape[2]
     r_n, k_n, m_n = rec_thrs.numel(), num_cats, len(max_dets)
     det = order[keep]
     d_rank = rank[keep]
@@ -345,8 +350,6 @@ def accumulate(
     # global order: (category, -score, image, rank) == pycocotools' concatenation + mergesort per category
     o = torch.sort(score, descending=True, stable=True).indices
     o = o[torch.sort(cat[o], stable=True).indices]
-    score, cat, d_rank = score[o], cat[o], d_rank[o]
-    tp, ig = tp[:, :, o], ig[:, :, o]
     gt_ign = _gt_ignore_per_area(gt, area_rngs)
     npig = torch.zeros((k_n, a_n), dtype=torch.long, device=dev)
     for ai in range(a_n):
@@ -356,17 +359,16 @@ def accumulate(
     recall = torch.full((t_n, k_n, a_n, m_n), -1.0, dtype=torch.float64, device=dev)
     scores = torch.full_like(precision, -1.0)
     for mi, md in enumerate(max_dets):
-        inc = d_rank < md
+        inc = o[d_rank[o] < md]  # included detections in global order
         s_m, c_m = score[inc], cat[inc]
+        tp_m, ig_m = tp.index_select(0, inc), ig.index_select(0, inc)  # (Nm, A, T)
         nd = torch.bincount(c_m, minlength=k_n)
         first = torch.zeros(k_n, dtype=torch.float64, device=dev)
         starts = torch.cumsum(nd, 0) - nd
         has_det = nd > 0
         first[has_det] = s_m[starts[has_det]]
         for ai in range(a_n):
-            p, r, s = _accumulate_one(
-                tp[ai][:, inc], ig[ai][:, inc], s_m, c_m, k_n, npig[:, ai], jr[:, ai], first
-            )
+            p, r, s = _accumulate_one(tp_m[:, ai].T, ig_m[:, ai].T, s_m, c_m, k_n, npig[:, ai], jr[:, ai], first)
             valid = npig[:, ai] > 0
             precision[:, :, valid, ai, mi] = p[:, :, valid]
             scores[:, :, valid, ai, mi] = s[:, :, valid]
@@ -386,7 +388,7 @@ def _accumulate_one(tp, ig, score, cat, k_n, npig, jr, first_score):
     # per-category cumulative counts (global cumsum minus the value before the category start)
     nd = torch.bincount(cat, minlength=k_n)
     starts = torch.cumsum(nd, 0) - nd
-    cum_fp = torch.cumsum(fp, 1)
+    cum_fp = torch.cumsum(fp, 1, dtype=torch.int32)
     base_fp = torch.where(starts > 0, cum_fp[:, (starts - 1).clamp(min=0)], 0)  # (T, K)
     t_idx, pos = torch.nonzero(tpv, as_tuple=True)  # sorted by (t, pos) -> (t, cat, pos)
     ev_cat = cat[pos]
@@ -433,6 +435,27 @@ def run(
     area_rngs: np.ndarray,
 ) -> EvalResult:
     """Evaluate: sort, truncate per (image, category) to ``per_cell_cap``, match, accumulate."""
+    dev = dt.score.device
+    with single_thread_on_cpu(dev):
+        return _run(gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs)
+
+
+@contextlib.contextmanager
+def single_thread_on_cpu(device: torch.device):
+    """Run CPU evaluation with one intra-op thread: the work is many small kernels, and OpenMP thread
+    hand-offs cost more than they save (5-20x slower on a loaded 2-core machine). Restored afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _run(gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs) -> EvalResult:
     dev = dt.score.device
     thr = torch.as_tensor(iou_thrs, dtype=torch.float64, device=dev)
     rec = torch.as_tensor(rec_thrs, dtype=torch.float64, device=dev)

@@ -33,8 +33,10 @@ def fed_loss_classes(
         return unique
     prob[:num_classes] = weight.float().clone()
     prob[unique] = 0
-    negatives = torch.multinomial(prob, num_fed_classes - len(unique), replacement=False,
-                                  generator=generator)
+    num_negatives = min(num_fed_classes - len(unique), int((prob > 0).sum()))
+    if num_negatives == 0:
+        return unique
+    negatives = torch.multinomial(prob, num_negatives, replacement=False, generator=generator)
     return torch.cat([unique, negatives])
 
 

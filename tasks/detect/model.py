@@ -68,7 +68,7 @@ class DiffusionDet(nn.Module):
         pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         size_divisibility: int = 32,
-        sampler: SamplerOptions = SamplerOptions(),
+        sampler: SamplerOptions | None = None,
     ) -> None:
         super().__init__()
         self.backbone, self.head, self.criterion = backbone, head, criterion
@@ -76,7 +76,7 @@ class DiffusionDet(nn.Module):
         self.schedule = schedule
         self.num_proposals, self.scale = num_proposals, scale
         self.size_divisibility = size_divisibility
-        self.sampler = sampler
+        self.sampler = sampler or SamplerOptions()
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from backbones import BACKBONES, FPN, FPN_IN_FEATURES, FrozenBatchNorm2d, build_backbone, build_fpn_backbone
+from backbones import (
+    BACKBONES,
+    FPN,
+    FPN_IN_FEATURES,
+    FrozenBatchNorm2d,
+    build_backbone,
+    build_fpn_backbone,
+)
 from backbones.pretrained import PretrainedWeightsError
 from backbones.resnet import build_resnet
 

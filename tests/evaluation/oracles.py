@@ -66,3 +66,22 @@ def assert_bytes_equal(a: np.ndarray, b: np.ndarray, name: str) -> None:
         diff = np.argwhere(a != b)
         raise AssertionError(f"{name}: {len(diff)} cells differ, first {diff[:3].tolist()}: "
                              f"{a[tuple(diff[0])]!r} vs {b[tuple(diff[0])]!r}")
+
+
+def cityscapes_eval(pred_paths: list, gt_paths: list, tmp_dir, inst_level: bool = True) -> dict:
+    """cityscapesscripts 2.3.0 ``evaluateImgLists`` (shim: ``np.in1d`` was removed in numpy 2.4)."""
+    import os
+
+    if not hasattr(np, "in1d"):
+        np.in1d = lambda a, b, invert=False: np.isin(a, b, invert=invert).ravel()  # type: ignore[attr-defined]
+    os.environ.setdefault("CITYSCAPES_EXPORT_DIR", str(tmp_dir))
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs
+
+    cs.args.JSONOutput = False
+    cs.args.quiet = True
+    cs.args.evalInstLevelScore = inst_level
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return cs.evaluateImgLists([str(p) for p in pred_paths], [str(p) for p in gt_paths], cs.args)
+    finally:
+        cs.args.evalInstLevelScore = True

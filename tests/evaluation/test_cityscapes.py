@@ -1,0 +1,129 @@
+"""Cityscapes metrics vs cityscapesscripts 2.3.0 on synthetic Cityscapes-layout frames and the real frame."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation.cityscapes import LABELS, CityscapesEvaluator, evaluate_dirs, find_frames
+from tests.evaluation.oracles import cityscapes_eval
+
+pytest.importorskip("cityscapesscripts")
+TRAIN_IDS = np.array([lb.train_id if lb.train_id != -1 else 255 for lb in LABELS if lb.id >= 0], dtype=np.uint8)
+
+
+def synthetic_frame(rng: np.random.Generator, h: int = 96, w: int = 160):
+    """Blocky labelIds with instances (labelId*1000+k), plus a noisy labelId prediction."""
+    gt = np.zeros((h, w), np.uint8)
+    inst = np.zeros((h, w), np.uint16)
+    for _ in range(14):
+        lab = int(rng.choice([7, 8, 11, 21, 23, 17, 24, 25, 26, 27, 28, 29, 31, 33, 4, 9, 0]))
+        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        hh, ww = int(rng.integers(4, h // 2)), int(rng.integers(4, w // 2))
+        gt[y:y + hh, x:x + ww] = lab
+    inst[:] = gt
+    k = 0
+    for lab in (24, 25, 26, 27, 28, 29, 31, 33):
+        ys, xs = np.nonzero(gt == lab)
+        if len(ys) and rng.random() > 0.2:
+            k += 1
+            sel = (gt == lab) & (np.arange(w)[None, :] < xs.min() + (xs.max() - xs.min()) // 2 + 1)
+            inst[sel] = lab * 1000 + k
+    pred = gt.copy()
+    noise = rng.random((h, w)) < 0.25
+    pred[noise] = rng.choice([0, 7, 8, 11, 24, 25, 26, 27, 29, 30, 33, 21], size=int(noise.sum()))
+    return pred, gt, inst
+
+
+def write_frames(root, frames):
+    paths = []
+    for i, (pred, gt, inst) in enumerate(frames):
+        city = ["aachen", "bochum", "frankfurt"][i % 3]
+        stem = f"{city}_{i:06d}_000019"
+        gdir = root / "gtFine" / "val" / city
+        gdir.mkdir(parents=True, exist_ok=True)
+        pdir = root / "pred"
+        pdir.mkdir(exist_ok=True)
+        Image.fromarray(gt).save(gdir / f"{stem}_gtFine_labelIds.png")
+        Image.fromarray(inst).save(gdir / f"{stem}_gtFine_instanceIds.png")
+        Image.fromarray(pred).save(pdir / f"{stem}_pred.png")
+        paths.append((pdir / f"{stem}_pred.png", gdir / f"{stem}_gtFine_labelIds.png"))
+    return paths
+
+
+def assert_same(ours: dict, ref: dict) -> None:
+    for key in ("classScores", "classInstScores", "categoryScores", "categoryInstScores"):
+        assert ours[key].keys() == ref[key].keys(), key
+        for name, v in ref[key].items():
+            o = ours[key][name]
+            assert (math.isnan(o) and math.isnan(v)) or o == v, f"{key}[{name}]: {o!r} != {v!r}"
+    for key in ("averageScoreClasses", "averageScoreInstClasses", "averageScoreCategories",
+                "averageScoreInstCategories"):
+        assert ours[key] == ref[key] or (math.isnan(ours[key]) and math.isnan(ref[key])), key
+    assert ours["confMatrix"] == ref["confMatrix"]
+
+
+def test_synthetic_frames_labelids_and_trainids(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [synthetic_frame(rng) for _ in range(6)]
+    paths = write_frames(tmp_path, frames)
+    ref = cityscapes_eval([p for p, _ in sorted(paths, key=lambda x: str(x[1]))],
+                          [g for _, g in sorted(paths, key=lambda x: str(x[1]))], tmp_path)
+    ours = evaluate_dirs(tmp_path / "gtFine", tmp_path / "pred", device="cpu", progress=False, workers=2)
+    assert_same(ours, ref)
+    assert not math.isnan(ours["averageScoreInstClasses"])
+    # the same frames through the streaming API with trainId predictions (void predictions -> unlabeled)
+    ev = CityscapesEvaluator(pred_ids="train", device="cpu")
+    for (pred, gt, inst), (p, g) in sorted(zip(frames, paths), key=lambda x: str(x[1][1])):
+        ev.process(TRAIN_IDS[np.array(Image.open(p))], gt, inst)
+    ref_t = cityscapes_eval(*_trainid_roundtrip(tmp_path, sorted(paths, key=lambda x: str(x[1]))), tmp_path)
+    assert_same(ev.evaluate(), ref_t)
+
+
+def _trainid_roundtrip(tmp_path, paths):
+    """Official input for trainId predictions: trainId -> labelId (void -> 0) written as labelId PNGs."""
+    from evaluation.cityscapes import TRAIN_TO_LABEL
+
+    out = tmp_path / "pred_rt"
+    out.mkdir()
+    preds = []
+    for p, _ in paths:
+        lab = TRAIN_TO_LABEL[TRAIN_IDS[np.array(Image.open(p))]].astype(np.uint8)
+        Image.fromarray(lab).save(out / p.name)
+        preds.append(out / p.name)
+    return preds, [g for _, g in paths]
+
+
+def test_real_frame(shared_data, tmp_path):
+    src = shared_data / "cityscapes_one_frame"
+    gt_dir = src / "gtFine" / "val"
+    gt = np.array(Image.open(next(gt_dir.rglob("*_labelIds.png"))))
+    rng = np.random.default_rng(1)
+    pred = gt.copy()
+    flip = rng.random(gt.shape) < 0.1
+    pred[flip] = rng.choice([7, 8, 26, 24, 21, 0], size=int(flip.sum()))
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    Image.fromarray(pred).save(pdir / "frankfurt_000000_000294_leftImg8bit.png")
+    ref = cityscapes_eval([pdir / "frankfurt_000000_000294_leftImg8bit.png"], [next(gt_dir.rglob("*_labelIds.png"))],
+                          tmp_path)
+    assert_same(evaluate_dirs(gt_dir, pdir, device="cpu", progress=False), ref)
+
+
+def test_missing_prediction_and_bad_values(tmp_path):
+    rng = np.random.default_rng(2)
+    paths = write_frames(tmp_path, [synthetic_frame(rng) for _ in range(2)])
+    paths[0][0].unlink()
+    with pytest.raises(ValueError, match="no prediction PNG for frame aachen_000000_000019"):
+        find_frames(tmp_path / "gtFine", tmp_path / "pred")
+    ev = CityscapesEvaluator(device="cpu")
+    gt = np.full((4, 4), 7, np.uint8)
+    with pytest.raises(ValueError, match="outside labelIds"):
+        ev.process(np.full((4, 4), 255, np.uint8), gt, name="f1")
+    with pytest.raises(ValueError, match="unknown labelId"):
+        ev.process(gt, np.full((4, 4), 40, np.uint8), name="f2")
+    shutil.rmtree(tmp_path / "pred")

@@ -1,0 +1,61 @@
+"""Training entry point: 2 iterations on real COCO images, outputs, logs, and the non-finite-loss guard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tasks.detect import train
+from tests.tasks.detect._tiny import tiny_overrides, tiny_synthetic
+
+
+@pytest.mark.slow
+def test_train_two_iterations_on_coco_tiny(shared_data, tmp_path):
+    root = shared_data / "coco_tiny"
+    data = [
+        f"data.train_json={root}/annotations/instances_train2017.json", f"data.train_images={root}/train2017",
+        f"data.val_json={root}/annotations/instances_val2017.json", f"data.val_images={root}/val2017",
+        "model.head.num_classes=80", "test.max_eval_images=3", "data.num_workers=1",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    metrics = train.main(tiny_overrides(out, data, 2, "checkpoint_period=2"))
+    assert set(metrics) == {"steps_1"} and len(metrics["steps_1"]["stats"]) == 12
+    for name in ("config.yaml", "log.txt", "log.jsonl", "metrics.json", "checkpoint_0000002.pt", "model_final.pt"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if r["type"] == "train"]
+    assert [r["iteration"] for r in train_recs] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in train_recs)
+    assert any(r["type"] == "eval" and r["steps"] == 1 for r in records)
+    assert json.loads((out / "metrics.json").read_text())["steps_1"]["bbox"].keys() >= {"AP", "AP50", "APs"}
+
+
+def test_non_finite_loss_raises_with_loss_dict(tmp_path, monkeypatch):
+    data = tiny_synthetic(tmp_path / "synth")
+    from tasks.detect import model as model_module
+
+    real_build = model_module.build_detector
+
+    def build_nan(cfg):
+        det = real_build(cfg)
+        forward = det.forward
+
+        def nan_forward(images, targets=None):
+            losses = forward(images, targets)
+            losses["loss_giou"] = losses["loss_giou"] * float("nan")
+            return losses
+
+        det.forward = nan_forward
+        return det
+
+    monkeypatch.setattr(model_module, "build_detector", build_nan)
+    with pytest.raises(FloatingPointError, match="loss_giou.*nan"):
+        train.main(tiny_overrides(tmp_path / "run", data, 2))
+
+
+def test_mismatched_num_classes_is_a_clear_error(tmp_path):
+    data = tiny_synthetic(tmp_path / "synth")
+    with pytest.raises(ValueError, match="num_classes=6"):
+        train.main(tiny_overrides(tmp_path / "run", data, 1, "model.head.num_classes=3"))
