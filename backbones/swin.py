@@ -2,11 +2,12 @@
 
 Like the official DiffusionDet Swin backbone, each returned stage passes through its own LayerNorm
 (``norm0..norm3``, freshly initialised, not part of the ImageNet checkpoint). Any input size works
-(timm ``dynamic_img_size``; windows are padded internally).
+(timm ``strict_img_size=False``; windows are padded internally).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ class SwinBackbone(nn.Module):
 
         arch = {**SWIN_B, **arch_kwargs}
         self.body = timm.create_model(
-            _TIMM_ARCH, pretrained=False, features_only=True, dynamic_img_size=True,
+            _TIMM_ARCH, pretrained=False, features_only=True, strict_img_size=False,
             drop_path_rate=drop_path_rate, **arch,
         )
         channels = self.body.feature_info.channels()
@@ -64,6 +65,18 @@ def _timm_to_features_only(key: str) -> str | None:
     return "body." + key if not key.startswith(("body.", "norm")) else key
 
 
+def _original_to_timm(state: dict) -> dict:
+    """Microsoft's original Swin files put PatchMerging at the end of stage i; timm at the start of
+    stage i + 1 (same channel order). Files already in timm format (``head.fc.*``) pass through."""
+    if any(k.startswith("head.fc.") or k.startswith("body.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"^layers\.(\d+)\.downsample\.(.+)$", key)
+        out[f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}" if m else key] = value
+    return out
+
+
 def build_swin_b(
     *, pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.3,
     **arch_kwargs: Any,
@@ -71,7 +84,7 @@ def build_swin_b(
     """Builds Swin-B (or a variant via ``arch_kwargs``) and loads ImageNet-22k weights when asked."""
     model = SwinBackbone(drop_path_rate=drop_path_rate, **arch_kwargs)
     if weights is not None:
-        load_into(model, read_weights_file(weights), source=f"swin weights {weights!r}",
+        load_into(model, _original_to_timm(read_weights_file(weights)), source=f"swin weights {weights!r}",
                   rename=_timm_to_features_only)
     elif pretrained:
         load_into(model, fetch_timm_state_dict(_TIMM_PRETRAINED, backbone="swin_b"),

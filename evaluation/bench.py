@@ -42,8 +42,15 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, out
 
 
-def synth_coco(n_images: int, dets_per_image: int, n_cats: int = 80, seed: int = 0, segm: bool = False,
-               hw: tuple[int, int] = (480, 640), with_lvis: bool = False) -> tuple[dict, list]:
+def synth_coco(
+    n_images: int,
+    dets_per_image: int,
+    n_cats: int = 80,
+    seed: int = 0,
+    segm: bool = False,
+    hw: tuple[int, int] = (480, 640),
+    with_lvis: bool = False,
+) -> tuple[dict, list]:
     """COCO-like GT (~7 objects / image in 2-4 categories, 1% crowd, log-uniform sizes) and detections
     (jittered copies of GTs, category confusions, background boxes; scores rounded to 3 decimals -> ties)."""
     rng = np.random.default_rng(seed)
@@ -61,8 +68,14 @@ def synth_coco(n_images: int, dets_per_image: int, n_cats: int = 80, seed: int =
         gcat = rng.choice(img_cats, n_gt)
         for j in range(n_gt):
             box = [round(float(v), 2) for v in (x[j], y[j], bw[j], bh[j])]
-            a = {"id": len(anns) + 1, "image_id": i, "category_id": int(gcat[j]), "bbox": box,
-                 "area": round(box[2] * box[3] * float(rng.uniform(0.5, 0.9)), 2), "iscrowd": int(rng.random() < 0.01)}
+            a = {
+                "id": len(anns) + 1,
+                "image_id": i,
+                "category_id": int(gcat[j]),
+                "bbox": box,
+                "area": round(box[2] * box[3] * float(rng.uniform(0.5, 0.9)), 2),
+                "iscrowd": int(rng.random() < 0.01),
+            }
             if segm or with_lvis:
                 x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
                 cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -77,15 +90,27 @@ def synth_coco(n_images: int, dets_per_image: int, n_cats: int = 80, seed: int =
         while k < dets_per_image:
             if rng.random() < 0.7:
                 j = int(rng.integers(n_gt))
-                b = np.array([x[j], y[j], bw[j], bh[j]]) + rng.normal(0, 0.1, 4) * np.sqrt(bw[j] * bh[j])
+                b = np.array([x[j], y[j], bw[j], bh[j]]) + rng.normal(0, 0.1, 4) * np.sqrt(
+                    bw[j] * bh[j]
+                )
                 b[2:] = np.abs(b[2:]) + 1
                 c = int(gcat[j]) if rng.random() < 0.8 else int(rng.choice(img_cats))
             else:
                 s = float(np.exp(rng.uniform(np.log(8), np.log(300))))
                 b = np.array([rng.uniform(0, w - s), rng.uniform(0, h - s), s, s])
-                c = int(rng.integers(1, n_cats + 1)) if not with_lvis else int(rng.choice(np.r_[img_cats, im["neg_category_ids"]]))
-            dets.append({"image_id": i, "category_id": c, "bbox": [round(float(v), 2) for v in b],
-                         "score": round(float(rng.beta(2, 3)), 3)})
+                c = (
+                    int(rng.integers(1, n_cats + 1))
+                    if not with_lvis
+                    else int(rng.choice(np.r_[img_cats, im["neg_category_ids"]]))
+                )
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": c,
+                    "bbox": [round(float(v), 2) for v in b],
+                    "score": round(float(rng.beta(2, 3)), 3),
+                }
+            )
             k += 1
     gt = {"images": images, "annotations": anns, "categories": cats}
     if segm:
@@ -105,7 +130,14 @@ def _segm_dets(gt: dict, dets: list) -> list:
         h, w = sizes[d["image_id"]]
         rle = mask_utils.frPyObjects([[cx, y0, x0 + bw, cy, cx, y0 + bh, x0, cy]], h, w)[0]
         rle["counts"] = rle["counts"].decode()
-        out.append({"image_id": d["image_id"], "category_id": d["category_id"], "segmentation": rle, "score": d["score"]})
+        out.append(
+            {
+                "image_id": d["image_id"],
+                "category_id": d["category_id"],
+                "segmentation": rle,
+                "score": d["score"],
+            }
+        )
     return out
 
 
@@ -148,31 +180,57 @@ def cells_differ(a: np.ndarray, b: np.ndarray) -> int:
 
 def bench_coco(args, iou_type: str, n_images: int, dets_per_image: int, rows: list) -> None:
     from evaluation.coco import evaluate
+    from evaluation.coco_data import GroundTruth, parse_results
 
-    gt, dets = synth_coco(n_images, dets_per_image, segm=iou_type == "segm", seed=1 if iou_type == "segm" else 0)
+    gt, dets = synth_coco(
+        n_images, dets_per_image, segm=iou_type == "segm", seed=1 if iou_type == "segm" else 0
+    )
     name = f"COCO {iou_type} ({n_images} img, {len(gt['annotations'])} GT, {len(dets)} dets)"
     ref = None
     times: dict[str, float] = {}
     if args.check_ref:
         ref = dict(np.load(Path(args.check_ref) / f"coco_{iou_type}.npz"))
     if not args.skip_official:
-        times["pycocotools"], e = timed(lambda: run_pycocotools(copy.deepcopy(gt), copy.deepcopy(dets), iou_type))
+        times["pycocotools"], e = timed(
+            lambda: run_pycocotools(copy.deepcopy(gt), copy.deepcopy(dets), iou_type)
+        )
         ref = {"precision": e.eval["precision"], "recall": e.eval["recall"]}
         if args.save_ref:
             os.makedirs(args.save_ref, exist_ok=True)
             np.savez_compressed(Path(args.save_ref) / f"coco_{iou_type}.npz", **ref)
         try:
-            times["faster-coco-eval"], f = timed(lambda: run_fce(copy.deepcopy(gt), copy.deepcopy(dets), iou_type))
-            rows.append((name, "faster-coco-eval vs pycocotools: differing precision cells",
-                         cells_differ(f.eval["precision"], ref["precision"])))
+            times["faster-coco-eval"], f = timed(
+                lambda: run_fce(copy.deepcopy(gt), copy.deepcopy(dets), iou_type)
+            )
+            rows.append(
+                (
+                    name,
+                    "faster-coco-eval vs pycocotools: differing precision cells",
+                    cells_differ(f.eval["precision"], ref["precision"]),
+                )
+            )
         except ImportError:
             pass
     for dev in args.devices:
-        evaluate(gt, dets[:1000], iou_type=iou_type, device=dev)  # warm-up (lazy init, CUDA context)
-        t, out = timed(lambda: evaluate(gt, dets, iou_type=iou_type, device=dev), repeat=args.repeat)
+        evaluate(
+            gt, dets[:1000], iou_type=iou_type, device=dev
+        )  # warm-up (lazy init, CUDA context)
+        t, out = timed(
+            lambda dev=dev: evaluate(gt, dets, iou_type=iou_type, device=dev), repeat=args.repeat
+        )
         times[f"ours {dev}"] = t
+        gtp = GroundTruth.from_dataset(gt, require=("area",))
+        res = parse_results(dets, gtp, iou_type)
+        evaluate(gtp, res, iou_type=iou_type, device=dev)  # warm-up (also caches the GT tables)
+        times[f"ours {dev} (pre-parsed GT + results)"], _ = timed(
+            lambda dev=dev, gtp=gtp, res=res: evaluate(gtp, res, iou_type=iou_type, device=dev),
+            repeat=args.repeat,
+        )
         if ref is not None:
-            same = out["precision"].tobytes() == ref["precision"].tobytes() and out["recall"].tobytes() == ref["recall"].tobytes()
+            same = (
+                out["precision"].tobytes() == ref["precision"].tobytes()
+                and out["recall"].tobytes() == ref["recall"].tobytes()
+            )
             rows.append((name, f"ours {dev}: precision+recall byte-equal to pycocotools", same))
     _report(name, times, rows)
 
@@ -206,16 +264,23 @@ def bench_lvis(args, rows: list) -> None:
             np.savez_compressed(Path(args.save_ref) / "lvis.npz", **ref)
     for dev in args.devices:
         evaluate(gt, dets[:1000], device=dev)
-        t, out = timed(lambda: evaluate(gt, dets, device=dev), repeat=args.repeat)
+        t, out = timed(lambda dev=dev: evaluate(gt, dets, device=dev), repeat=args.repeat)
         times[f"ours {dev}"] = t
         if ref is not None:
-            rows.append((name, f"ours {dev}: precision+recall byte-equal to lvis-api",
-                         out["precision"].tobytes() == ref["precision"].tobytes()
-                         and out["recall"].tobytes() == ref["recall"].tobytes()))
+            rows.append(
+                (
+                    name,
+                    f"ours {dev}: precision+recall byte-equal to lvis-api",
+                    out["precision"].tobytes() == ref["precision"].tobytes()
+                    and out["recall"].tobytes() == ref["recall"].tobytes(),
+                )
+            )
     _report(name, times, rows)
 
 
-def synth_cityscapes(root: Path, n_frames: int, n_unique: int, hw=(1024, 2048), seed: int = 3) -> list:
+def synth_cityscapes(
+    root: Path, n_frames: int, n_unique: int, hw=(1024, 2048), seed: int = 3
+) -> list:
     """Write ``n_unique`` blocky Cityscapes frames (labelIds, instanceIds, labelId prediction) and hard-link
     them under ``n_frames`` names. Returns the decoded unique frames."""
     from PIL import Image
@@ -227,15 +292,21 @@ def synth_cityscapes(root: Path, n_frames: int, n_unique: int, hw=(1024, 2048), 
         gt = np.full((h, w), 7, np.uint8)
         inst = np.full((h, w), 7, np.uint16)
         for k in range(60):
-            lab = int(rng.choice([8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33, 0, 4]))
+            lab = int(
+                rng.choice(
+                    [8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33, 0, 4]
+                )
+            )
             y, x = int(rng.integers(0, h - 16)), int(rng.integers(0, w - 16))
             bh, bw = int(rng.integers(8, h // 3)), int(rng.integers(8, w // 4))
-            gt[y:y + bh, x:x + bw] = lab
-            inst[y:y + bh, x:x + bw] = lab * 1000 + k if lab >= 24 else lab
+            gt[y : y + bh, x : x + bw] = lab
+            inst[y : y + bh, x : x + bw] = lab * 1000 + k if lab >= 24 else lab
         pred = gt.copy()
         for _ in range(80):
             y, x = int(rng.integers(0, h - 16)), int(rng.integers(0, w - 16))
-            pred[y:y + int(rng.integers(4, 120)), x:x + int(rng.integers(4, 200))] = int(rng.choice([7, 8, 21, 26, 24, 0]))
+            pred[y : y + int(rng.integers(4, 120)), x : x + int(rng.integers(4, 200))] = int(
+                rng.choice([7, 8, 21, 26, 24, 0])
+            )
         frames.append((pred, gt, inst))
         for name, arr in (("pred", pred), ("gtFine_labelIds", gt), ("gtFine_instanceIds", inst)):
             Image.fromarray(arr).save(root / f"u{u}_{name}.png")
@@ -269,18 +340,41 @@ def bench_cityscapes(args, rows: list) -> None:
 
             cs.args.JSONOutput, cs.args.quiet = False, True
             times["cityscapesScripts (PNG)"], ref = timed(
-                lambda: cs.evaluateImgLists([str(p) for p, _, _ in triples], [str(g) for _, g, _ in triples], cs.args))
+                lambda: cs.evaluateImgLists(
+                    [str(p) for p, _, _ in triples], [str(g) for _, g, _ in triples], cs.args
+                )
+            )
         for dev in args.devices:
-            t, out = timed(lambda: evaluate_dirs(root / "gtFine", root / "pred", device=dev, progress=False,
-                                                 workers=args.workers))
+            t, out = timed(
+                lambda dev=dev: evaluate_dirs(
+                    root / "gtFine", root / "pred", device=dev, progress=False, workers=args.workers
+                )
+            )
             times[f"ours {dev} (PNG, {args.workers} decode threads)"] = t
             if ref is not None:
-                keys = ("averageScoreClasses", "averageScoreInstClasses", "averageScoreCategories",
-                        "averageScoreInstCategories", "confMatrix")
-                rows.append((name, f"ours {dev}: official averages + confusion equal", all(out[k] == ref[k] for k in keys)))
-            dev_frames = [tuple(torch.from_numpy(a.astype(np.int64)).to(dev) for a in f) for f in frames]
+                keys = (
+                    "averageScoreClasses",
+                    "averageScoreInstClasses",
+                    "averageScoreCategories",
+                    "averageScoreInstCategories",
+                    "confMatrix",
+                )
+                rows.append(
+                    (
+                        name,
+                        f"ours {dev}: official averages + confusion equal",
+                        all(out[k] == ref[k] for k in keys),
+                    )
+                )
+            dev_frames = [
+                tuple(
+                    torch.from_numpy(a.astype(np.int32) if a.dtype == np.uint16 else a).to(dev)
+                    for a in f
+                )
+                for f in frames
+            ]
 
-            def metric():
+            def metric(dev=dev, dev_frames=dev_frames):
                 ev = CityscapesEvaluator(device=dev)
                 for i in range(n):
                     ev.process(*dev_frames[i % len(dev_frames)])
@@ -289,7 +383,13 @@ def bench_cityscapes(args, rows: list) -> None:
             metric()
             times[f"ours {dev} (metric on decoded arrays)"], _ = timed(metric)
     if "cityscapesScripts (PNG)" in times:
-        rows.append((name, "cityscapesScripts per frame [s]", round(times["cityscapesScripts (PNG)"] / n, 4)))
+        rows.append(
+            (
+                name,
+                "cityscapesScripts per frame [s]",
+                round(times["cityscapesScripts (PNG)"] / n, 4),
+            )
+        )
     _report(name, times, rows)
 
 
@@ -312,11 +412,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--segm-images", type=int, default=500)
     p.add_argument("--lvis-images", type=int, default=500)
     p.add_argument("--cs-frames", type=int, default=500)
-    p.add_argument("--cs-unique", type=int, default=10, help="distinct synthetic frames (hard-linked copies)")
+    p.add_argument(
+        "--cs-unique", type=int, default=10, help="distinct synthetic frames (hard-linked copies)"
+    )
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--device", action="append", dest="devices", help="cpu and/or cuda (default: cpu [+ cuda])")
+    p.add_argument(
+        "--device", action="append", dest="devices", help="cpu and/or cuda (default: cpu [+ cuda])"
+    )
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--skip-official", action="store_true", help="time ours only (e.g. on a machine without them)")
+    p.add_argument(
+        "--skip-official",
+        action="store_true",
+        help="time ours only (e.g. on a machine without them)",
+    )
     p.add_argument("--save-ref", default=None, help="save the official arrays here (.npz)")
     p.add_argument("--check-ref", default=None, help="compare ours with arrays saved by --save-ref")
     p.add_argument("--json", default=None, help="write the result rows here")

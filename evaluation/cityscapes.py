@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from evaluation.dist import gather_on_main
+from evaluation.engine import single_thread_on_cpu
 from evaluation.semseg import sequential_nanmean
 
 logger = logging.getLogger(__name__)
@@ -41,38 +42,67 @@ class CsLabel:
 
 _L = CsLabel
 LABELS: tuple[CsLabel, ...] = (
-    _L("unlabeled", 0, 255, "void", False, True), _L("ego vehicle", 1, 255, "void", False, True),
-    _L("rectification border", 2, 255, "void", False, True), _L("out of roi", 3, 255, "void", False, True),
-    _L("static", 4, 255, "void", False, True), _L("dynamic", 5, 255, "void", False, True),
-    _L("ground", 6, 255, "void", False, True), _L("road", 7, 0, "flat", False, False),
-    _L("sidewalk", 8, 1, "flat", False, False), _L("parking", 9, 255, "flat", False, True),
-    _L("rail track", 10, 255, "flat", False, True), _L("building", 11, 2, "construction", False, False),
-    _L("wall", 12, 3, "construction", False, False), _L("fence", 13, 4, "construction", False, False),
-    _L("guard rail", 14, 255, "construction", False, True), _L("bridge", 15, 255, "construction", False, True),
-    _L("tunnel", 16, 255, "construction", False, True), _L("pole", 17, 5, "object", False, False),
-    _L("polegroup", 18, 255, "object", False, True), _L("traffic light", 19, 6, "object", False, False),
-    _L("traffic sign", 20, 7, "object", False, False), _L("vegetation", 21, 8, "nature", False, False),
-    _L("terrain", 22, 9, "nature", False, False), _L("sky", 23, 10, "sky", False, False),
-    _L("person", 24, 11, "human", True, False), _L("rider", 25, 12, "human", True, False),
-    _L("car", 26, 13, "vehicle", True, False), _L("truck", 27, 14, "vehicle", True, False),
-    _L("bus", 28, 15, "vehicle", True, False), _L("caravan", 29, 255, "vehicle", True, True),
-    _L("trailer", 30, 255, "vehicle", True, True), _L("train", 31, 16, "vehicle", True, False),
-    _L("motorcycle", 32, 17, "vehicle", True, False), _L("bicycle", 33, 18, "vehicle", True, False),
+    _L("unlabeled", 0, 255, "void", False, True),
+    _L("ego vehicle", 1, 255, "void", False, True),
+    _L("rectification border", 2, 255, "void", False, True),
+    _L("out of roi", 3, 255, "void", False, True),
+    _L("static", 4, 255, "void", False, True),
+    _L("dynamic", 5, 255, "void", False, True),
+    _L("ground", 6, 255, "void", False, True),
+    _L("road", 7, 0, "flat", False, False),
+    _L("sidewalk", 8, 1, "flat", False, False),
+    _L("parking", 9, 255, "flat", False, True),
+    _L("rail track", 10, 255, "flat", False, True),
+    _L("building", 11, 2, "construction", False, False),
+    _L("wall", 12, 3, "construction", False, False),
+    _L("fence", 13, 4, "construction", False, False),
+    _L("guard rail", 14, 255, "construction", False, True),
+    _L("bridge", 15, 255, "construction", False, True),
+    _L("tunnel", 16, 255, "construction", False, True),
+    _L("pole", 17, 5, "object", False, False),
+    _L("polegroup", 18, 255, "object", False, True),
+    _L("traffic light", 19, 6, "object", False, False),
+    _L("traffic sign", 20, 7, "object", False, False),
+    _L("vegetation", 21, 8, "nature", False, False),
+    _L("terrain", 22, 9, "nature", False, False),
+    _L("sky", 23, 10, "sky", False, False),
+    _L("person", 24, 11, "human", True, False),
+    _L("rider", 25, 12, "human", True, False),
+    _L("car", 26, 13, "vehicle", True, False),
+    _L("truck", 27, 14, "vehicle", True, False),
+    _L("bus", 28, 15, "vehicle", True, False),
+    _L("caravan", 29, 255, "vehicle", True, True),
+    _L("trailer", 30, 255, "vehicle", True, True),
+    _L("train", 31, 16, "vehicle", True, False),
+    _L("motorcycle", 32, 17, "vehicle", True, False),
+    _L("bicycle", 33, 18, "vehicle", True, False),
     _L("license plate", -1, -1, "vehicle", False, True),
 )
 AVG_CLASS_SIZE = {  # cityscapesScripts' average instance sizes (pixels) for iIoU weights
-    "bicycle": 4672.3249222261, "caravan": 36771.8241758242, "motorcycle": 6298.7200839748,
-    "rider": 3930.4788056518, "bus": 35732.1511111111, "train": 67583.7075812274, "car": 12794.0202738185,
-    "person": 3462.4756337644, "truck": 27855.1264367816, "trailer": 16926.9763313609,
+    "bicycle": 4672.3249222261,
+    "caravan": 36771.8241758242,
+    "motorcycle": 6298.7200839748,
+    "rider": 3930.4788056518,
+    "bus": 35732.1511111111,
+    "train": 67583.7075812274,
+    "car": 12794.0202738185,
+    "person": 3462.4756337644,
+    "truck": 27855.1264367816,
+    "trailer": 16926.9763313609,
 }
 NUM_IDS = 34  # labelIds 0..33 (license plate, id -1, is never drawn)
 ID2LABEL = {lb.id: lb for lb in LABELS if lb.id >= 0}
 EVAL_IDS = [lb.id for lb in LABELS if lb.id >= 0 and not lb.ignore_in_eval]  # the 19 classes
 CATEGORIES = list(dict.fromkeys(lb.category for lb in LABELS))
 # categories whose labels (id >= 0) all have instances -> category iIoU (human, vehicle)
-INST_CATEGORIES = {c: [lb.id for lb in LABELS if lb.category == c and lb.id >= 0] for c in CATEGORIES
-                   if all(lb.has_instances for lb in LABELS if lb.category == c and lb.id >= 0)}
-TRAIN_TO_LABEL = np.zeros(256, dtype=np.int64)  # trainId -> labelId; 255 and unknown -> 0 (unlabeled)
+INST_CATEGORIES = {
+    c: [lb.id for lb in LABELS if lb.category == c and lb.id >= 0]
+    for c in CATEGORIES
+    if all(lb.has_instances for lb in LABELS if lb.category == c and lb.id >= 0)
+}
+TRAIN_TO_LABEL = np.zeros(
+    256, dtype=np.int64
+)  # trainId -> labelId; 255 and unknown -> 0 (unlabeled)
 for _lb in LABELS:
     if 0 <= _lb.train_id < 255:
         TRAIN_TO_LABEL[_lb.train_id] = _lb.id
@@ -91,7 +121,15 @@ def _inst_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return cat_of.to(device), member.to(device)
 
 
-def frame_stats(pred: torch.Tensor, gt: torch.Tensor, inst: torch.Tensor | None, name: str = "frame"):
+def _check_range(x: torch.Tensor, lo: int, hi: int, what: str) -> None:
+    mn, mx = torch.aminmax(x)
+    if int(mn) < lo or int(mx) > hi:
+        raise ValueError(f"{what}: value {int(mx) if int(mx) > hi else int(mn)} outside {lo}..{hi}")
+
+
+def frame_stats(
+    pred: torch.Tensor, gt: torch.Tensor, inst: torch.Tensor | None, name: str = "frame"
+):
     """Counts of one frame (all labelIds, same shape (H, W), on any device).
 
     Returns:
@@ -99,27 +137,32 @@ def frame_stats(pred: torch.Tensor, gt: torch.Tensor, inst: torch.Tensor | None,
         non-ignored instances in ascending instance-id order, or None without an instance map).
     """
     if pred.shape != gt.shape:
-        raise ValueError(f"{name}: prediction size {tuple(pred.shape)} != GT size {tuple(gt.shape)}")
-    g, p = gt.reshape(-1).long(), pred.reshape(-1).long()
-    if int(g.min()) < 0 or int(g.max()) >= NUM_IDS:
-        raise ValueError(f"{name}: GT holds unknown labelId {int(g.max()) if int(g.max()) >= NUM_IDS else int(g.min())}")
-    if int(p.min()) < 0 or int(p.max()) >= NUM_IDS:
-        raise ValueError(f"{name}: prediction holds value {int(p.max())} outside labelIds 0..33")
-    conf = torch.bincount(g * NUM_IDS + p, minlength=NUM_IDS * NUM_IDS).view(NUM_IDS, NUM_IDS)
+        raise ValueError(
+            f"{name}: prediction size {tuple(pred.shape)} != GT size {tuple(gt.shape)}"
+        )
+    _check_range(gt, 0, NUM_IDS - 1, f"{name}: GT holds an unknown labelId")
+    _check_range(pred, 0, NUM_IDS - 1, f"{name}: prediction outside labelIds 0..33")
+    p = pred.reshape(-1).to(torch.int32)
+    code = (
+        gt.reshape(-1).to(torch.int32) * NUM_IDS + p
+    )  # int32 bincount is ~4x faster than int64 on CPU
+    conf = torch.bincount(code, minlength=NUM_IDS * NUM_IDS).view(NUM_IDS, NUM_IDS)
     if inst is None:
         return conf, None
     if inst.shape != gt.shape:
-        raise ValueError(f"{name}: instance map size {tuple(inst.shape)} != GT size {tuple(gt.shape)}")
-    ins = inst.reshape(-1).long()
+        raise ValueError(
+            f"{name}: instance map size {tuple(inst.shape)} != GT size {tuple(gt.shape)}"
+        )
+    ins = inst.reshape(-1).to(torch.int32)
     n_ids = int(ins.max()) + 1
     if n_ids <= 1001:
         return conf, torch.zeros((0, 4), dtype=torch.long)
+    if n_ids > NUM_IDS * 1000:
+        raise ValueError(f"{name}: instance id {n_ids - 1} has unknown labelId")
     hist = torch.bincount(ins * NUM_IDS + p, minlength=n_ids * NUM_IDS).view(n_ids, NUM_IDS)
     sizes = hist.sum(1)
     ids = torch.nonzero(sizes[1001:]).squeeze(1) + 1001
     label = ids // 1000
-    if int(label.max()) >= NUM_IDS:
-        raise ValueError(f"{name}: instance id {int(ids.max())} has unknown labelId")
     ignored = torch.tensor([ID2LABEL[i].ignore_in_eval for i in range(NUM_IDS)], device=ins.device)
     keep = ~ignored[label]
     ids, label = ids[keep], label[keep]
@@ -220,12 +263,19 @@ class CityscapesEvaluator:
         device: where the bincounts run (default: CUDA when available).
     """
 
-    def __init__(self, *, pred_ids: str = "label", device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, *, pred_ids: str = "label", device: str | torch.device | None = None
+    ) -> None:
         if pred_ids not in ("label", "train"):
-            raise ValueError(f"CityscapesEvaluator: pred_ids must be 'label' or 'train', got {pred_ids!r}")
+            raise ValueError(
+                f"CityscapesEvaluator: pred_ids must be 'label' or 'train', got {pred_ids!r}"
+            )
         self.pred_ids = pred_ids
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self._lut = torch.as_tensor(TRAIN_TO_LABEL, device=self.device)
         self.reset()
 
@@ -237,13 +287,16 @@ class CityscapesEvaluator:
     def process(self, pred: Any, gt: Any, instances: Any = None, name: str | None = None) -> None:
         """Add one frame: ``pred`` (H, W), ``gt`` labelIds (H, W), ``instances`` instanceIds (H, W) or None."""
         name = name or f"frame #{self.num_frames}"
-        to = lambda x: (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(self.device)  # noqa: E731
-        p = to(pred).long()
+
+        def to(x: Any) -> torch.Tensor:
+            return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(self.device)
+
+        p = to(pred)
         if self.pred_ids == "train":
-            if int(p.min()) < 0 or int(p.max()) > 255:
-                raise ValueError(f"{name}: trainId prediction outside 0..255")
-            p = self._lut[p]
-        conf, rows = frame_stats(p, to(gt), None if instances is None else to(instances), name)
+            _check_range(p, 0, 255, f"{name}: trainId prediction")
+            p = self._lut[p.long()]
+        with single_thread_on_cpu(self.device):
+            conf, rows = frame_stats(p, to(gt), None if instances is None else to(instances), name)
         self._conf += conf
         if rows is not None:
             self._inst.append(rows)
@@ -302,8 +355,15 @@ def _prefetch(pool: ThreadPoolExecutor, fn, items: Sequence, depth: int):
         yield x, fut.result()
 
 
-def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, *, pred_ids: str = "label", workers: int = 8,
-                  device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_dirs(
+    gt_dir: str | Path,
+    pred_dir: str | Path,
+    *,
+    pred_ids: str = "label",
+    workers: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """The whole job from PNG files: frames matched by ``city_seq_frame``, PNGs decoded by a thread pool
     (Pillow releases the GIL while decoding) while the counts run on ``device``."""
     from tqdm import tqdm
@@ -317,8 +377,12 @@ def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, *, pred_ids: str = "
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         loaded = _prefetch(pool, load, frames, depth=2 * workers)
-        for f, (p, g, i) in tqdm(loaded, total=len(frames), disable=not progress, desc="cityscapes"):
+        for f, (p, g, i) in tqdm(
+            loaded, total=len(frames), disable=not progress, desc="cityscapes"
+        ):
             if p.ndim != 2:
-                raise ValueError(f"{f[0]}: prediction has {p.shape[2]} channels, expected a single-channel PNG")
+                raise ValueError(
+                    f"{f[0]}: prediction has {p.shape[2]} channels, expected a single-channel PNG"
+                )
             ev.process(p, g, i, name=str(f[0]))
     return ev.evaluate()

@@ -15,18 +15,46 @@ import numpy as np
 import torch
 
 from evaluation import engine
-from evaluation.coco_data import GroundTruth, Results, bbox_pair_iou, mask_pair_iou, parse_results
+from evaluation.coco_data import (
+    GroundTruth,
+    Results,
+    bbox_pair_iou,
+    mask_pair_iou,
+    parse_results,
+    rle_area,
+)
 from evaluation.dist import gather_on_main
 
 logger = logging.getLogger(__name__)
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 # (ap?, iouThr, area label, which maxDets: index into max_dets or the literal 100)
 _SUMMARY = (
-    (1, None, "all", "lit100"), (1, 0.5, "all", 2), (1, 0.75, "all", 2),
-    (1, None, "small", 2), (1, None, "medium", 2), (1, None, "large", 2),
-    (0, None, "all", 0), (0, None, "all", 1), (0, None, "all", 2),
-    (0, None, "small", 2), (0, None, "medium", 2), (0, None, "large", 2),
+    (1, None, "all", "lit100"),
+    (1, 0.5, "all", 2),
+    (1, 0.75, "all", 2),
+    (1, None, "small", 2),
+    (1, None, "medium", 2),
+    (1, None, "large", 2),
+    (0, None, "all", 0),
+    (0, None, "all", 1),
+    (0, None, "all", 2),
+    (0, None, "small", 2),
+    (0, None, "medium", 2),
+    (0, None, "large", 2),
 )
 
 
@@ -54,7 +82,9 @@ def summarize(precision: np.ndarray, recall: np.ndarray, max_dets: Sequence[int]
     return stats
 
 
-def format_stats(stats: Sequence[float], iou_type: str = "bbox", max_dets: Sequence[int] = (1, 10, 100)) -> str:
+def format_stats(
+    stats: Sequence[float], iou_type: str = "bbox", max_dets: Sequence[int] = (1, 10, 100)
+) -> str:
     """The familiar 12-line pycocotools summary table."""
     del iou_type  # same table for bbox and segm
     lines = []
@@ -62,7 +92,9 @@ def format_stats(stats: Sequence[float], iou_type: str = "bbox", max_dets: Seque
         md_val = 100 if md == "lit100" else list(max_dets)[md]
         title, typ = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
         iou = "0.50:0.95" if iou_thr is None else f"{iou_thr:0.2f}"
-        lines.append(f" {title:<18} {typ} @[ IoU={iou:<9} | area={area:>6s} | maxDets={md_val:>3d} ] = {v:0.3f}")
+        lines.append(
+            f" {title:<18} {typ} @[ IoU={iou:<9} | area={area:>6s} | maxDets={md_val:>3d} ] = {v:0.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -75,8 +107,14 @@ def _per_category(precision: np.ndarray, names: Sequence[str]) -> dict[str, floa
     return out
 
 
-def _run(gt: GroundTruth, res: Results, iou_type: str, device: torch.device, max_dets: Sequence[int],
-         use_cats: bool) -> engine.EvalResult:
+def _run(
+    gt: GroundTruth,
+    res: Results,
+    iou_type: str,
+    device: torch.device,
+    max_dets: Sequence[int],
+    use_cats: bool,
+) -> engine.EvalResult:
     max_dets = sorted(max_dets)
     gtt = gt.table(device)
     dtt = res.table(device)
@@ -86,13 +124,18 @@ def _run(gt: GroundTruth, res: Results, iou_type: str, device: torch.device, max
         dt_boxes = torch.as_tensor(res.boxes, dtype=torch.float64, device=device).reshape(-1, 4)
         pair_iou = bbox_pair_iou(dt_boxes, gt_boxes, gtt.crowd)
     elif iou_type == "segm":
-        pair_iou = mask_pair_iou(res.rles, gt.rles(), res.img, gtt.crowd, device)
+        pair_iou = mask_pair_iou(res.rles, gt.rles(), gtt.crowd, device)
     else:
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if not use_cats:  # pool categories: ties then break by (category, input order)
         gperm = torch.sort(gtt.cat, stable=True).indices
         dperm = torch.sort(dtt.cat, stable=True).indices
-        gtt = engine.GtTable(*(getattr(gtt, f)[gperm] for f in ("img", "cat", "area", "ignore", "crowd", "id_nonzero")))
+        gtt = engine.GtTable(
+            *(
+                getattr(gtt, f)[gperm]
+                for f in ("img", "cat", "area", "ignore", "crowd", "id_nonzero")
+            )
+        )
         dtt = engine.DtTable(dtt.img[dperm], dtt.cat[dperm], dtt.score[dperm], dtt.area[dperm])
         inner = pair_iou
         pair_iou = lambda di, gi: inner(dperm[di], gperm[gi])  # noqa: E731
@@ -100,8 +143,15 @@ def _run(gt: GroundTruth, res: Results, iou_type: str, device: torch.device, max
         dtt.cat = torch.zeros_like(dtt.cat)
         num_cats = 1
     return engine.run(
-        gtt, dtt, num_cats=num_cats, pair_iou=pair_iou, max_dets=max_dets, per_cell_cap=max_dets[-1],
-        iou_thrs=engine.coco_iou_thrs(), rec_thrs=engine.coco_rec_thrs(), area_rngs=engine.AREA_RANGES,
+        gtt,
+        dtt,
+        num_cats=num_cats,
+        pair_iou=pair_iou,
+        max_dets=max_dets,
+        per_cell_cap=max_dets[-1],
+        iou_thrs=engine.coco_iou_thrs(),
+        rec_thrs=engine.coco_rec_thrs(),
+        area_rngs=engine.AREA_RANGES,
     )
 
 
@@ -133,13 +183,20 @@ def evaluate(
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if not isinstance(gt, GroundTruth):
-        gt = GroundTruth.from_dataset(gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation"))
+        gt = GroundTruth.from_dataset(
+            gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation")
+        )
     res = detections if isinstance(detections, Results) else parse_results(detections, gt, iou_type)
     out = _run(gt, res, iou_type, dev, max_dets, use_cats)
     stats = summarize(out.precision, out.recall, sorted(max_dets))
     per_cat = _per_category(out.precision, gt.cat_names) if use_cats else {}
-    return {"stats": stats, "precision": out.precision, "recall": out.recall, "scores": out.scores,
-            "per_category": per_cat}
+    return {
+        "stats": stats,
+        "precision": out.precision,
+        "recall": out.recall,
+        "scores": out.scores,
+        "per_category": per_cat,
+    }
 
 
 class COCOEvaluator:
@@ -154,12 +211,20 @@ class COCOEvaluator:
             ``None`` keeps all (local COCOeval then caps at 100 per image and category).
     """
 
-    def __init__(self, gt: str | Path | dict, *, iou_type: str = "bbox",
-                 label_to_category_id: Sequence[int] | None = None, device: str | torch.device | None = None,
-                 max_dets_per_image: int | None = None) -> None:
+    def __init__(
+        self,
+        gt: str | Path | dict,
+        *,
+        iou_type: str = "bbox",
+        label_to_category_id: Sequence[int] | None = None,
+        device: str | torch.device | None = None,
+        max_dets_per_image: int | None = None,
+    ) -> None:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-        self.gt = GroundTruth.from_dataset(gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation"))
+        self.gt = GroundTruth.from_dataset(
+            gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation")
+        )
         self.iou_type = iou_type
         self.label_map = None if label_to_category_id is None else list(label_to_category_id)
         self.device = resolve_device(device)
@@ -183,21 +248,62 @@ class COCOEvaluator:
             raise ValueError(f"COCOEvaluator.process: unknown image_id {image_id}")
         for key in ("boxes", "scores", "labels"):
             if key not in out:
-                raise ValueError(f"COCOEvaluator.process: output for image {image_id} has no '{key}'")
+                raise ValueError(
+                    f"COCOEvaluator.process: output for image {image_id} has no '{key}'"
+                )
         scores = out["scores"].detach().to("cpu", torch.float64)
         order = torch.sort(scores, descending=True, stable=True).indices
         if self.max_dets_per_image is not None:
             order = order[: self.max_dets_per_image]
         boxes = out["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4)[order]
-        xywh = torch.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+        xywh = torch.stack(
+            [boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1
+        )
         labels = out["labels"].detach().to("cpu").long()[order].tolist()
-        cats = [self.label_map[lbl] for lbl in labels] if self.label_map is not None else labels
-        rec = {"image_id": image_id, "cats": cats, "scores": scores[order].tolist(), "bbox": xywh.tolist()}
+        if self.label_map is not None:
+            if labels and (min(labels) < 0 or max(labels) >= len(self.label_map)):
+                raise ValueError(
+                    f"COCOEvaluator.process: image {image_id} has label outside 0..{len(self.label_map) - 1}"
+                )
+            cats = [self.label_map[lbl] for lbl in labels]
+        else:
+            cats = labels
+        rec = {
+            "image_id": image_id,
+            "cats": cats,
+            "scores": scores[order].tolist(),
+            "bbox": xywh.tolist(),
+        }
         if self.iou_type == "segm":
             if "masks" not in out:
-                raise ValueError(f"COCOEvaluator.process: segm output for image {image_id} has no 'masks'")
+                raise ValueError(
+                    f"COCOEvaluator.process: segm output for image {image_id} has no 'masks'"
+                )
             rec["rles"] = _encode_masks(out["masks"][order], self.gt.img_size[image_id], image_id)
         return rec
+
+    def _to_results(self, records: list[dict[str, Any]]) -> Results:
+        """Records -> parsed results without building per-detection dicts (same values as ``results()``)."""
+        n = [len(r["scores"]) for r in records]
+        img = np.repeat([self.gt.img_rank[r["image_id"]] for r in records], n).astype(np.int64)
+        try:
+            cat = np.array(
+                [self.gt.cat_rank[c] for r in records for c in r["cats"]], dtype=np.int64
+            )
+        except KeyError as e:
+            raise ValueError(
+                f"COCOEvaluator: detection with unknown category id {e.args[0]}"
+            ) from e
+        score = np.array([s for r in records for s in r["scores"]], dtype=np.float64)
+        if not np.isfinite(score).all():
+            raise ValueError("COCOEvaluator: NaN or infinite detection scores")
+        boxes = np.array([b for r in records for b in r["bbox"]], dtype=np.float64).reshape(-1, 4)
+        if self.iou_type == "segm":
+            rles = [m for r in records for m in r["rles"]]
+            return Results(img, cat, score, boxes, rle_area(rles).astype(np.float64), rles)
+        if not np.isfinite(boxes).all() or (boxes[:, 2:] < 0).any():
+            raise ValueError("COCOEvaluator: non-finite box or x2 < x1 / y2 < y1 in the outputs")
+        return Results(img, cat, score, boxes, boxes[:, 2] * boxes[:, 3])
 
     def results(self) -> list[dict[str, Any]]:
         """COCO results-json records of this rank (bbox xywh; segm records carry RLE, no bbox)."""
@@ -206,7 +312,8 @@ class COCOEvaluator:
             for i, (c, s) in enumerate(zip(r["cats"], r["scores"])):
                 d = {"image_id": r["image_id"], "category_id": c, "score": s}
                 if self.iou_type == "segm":
-                    d["segmentation"] = r["rles"][i]
+                    rle = r["rles"][i]
+                    d["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
                 else:
                     d["bbox"] = r["bbox"][i]
                 recs.append(d)
@@ -218,19 +325,15 @@ class COCOEvaluator:
         if gathered is None:
             return {}
         records = [r for part in gathered for r in part]
-        dets = []
-        for r in records:
-            for i, (c, s) in enumerate(zip(r["cats"], r["scores"])):
-                d = {"image_id": r["image_id"], "category_id": c, "score": s}
-                if self.iou_type == "segm":
-                    d["segmentation"] = r["rles"][i]
-                else:
-                    d["bbox"] = r["bbox"][i]
-                dets.append(d)
-        out = evaluate(self.gt, dets, iou_type=self.iou_type, device=self.device)
+        out = evaluate(
+            self.gt, self._to_results(records), iou_type=self.iou_type, device=self.device
+        )
         stats = out["stats"]
-        return {self.iou_type: {k: 100.0 * v for k, v in zip(STAT_NAMES, stats)}, "stats": stats,
-                "per_category": out["per_category"]}
+        return {
+            self.iou_type: {k: 100.0 * v for k, v in zip(STAT_NAMES, stats)},
+            "stats": stats,
+            "per_category": out["per_category"],
+        }
 
 
 def _encode_masks(masks: torch.Tensor, size: tuple, image_id: Any) -> list[dict]:
@@ -243,6 +346,8 @@ def _encode_masks(masks: torch.Tensor, size: tuple, image_id: Any) -> list[dict]
     if m.ndim == 4:
         m = m[:, 0]
     if m.shape[0] and tuple(m.shape[1:]) != tuple(size):
-        raise ValueError(f"COCOEvaluator.process: masks for image {image_id} are {tuple(m.shape[1:])}, image is {tuple(size)}")
+        raise ValueError(
+            f"COCOEvaluator.process: masks for image {image_id} are {tuple(m.shape[1:])}, image is {tuple(size)}"
+        )
     arr = np.asfortranarray(m.permute(1, 2, 0).numpy().astype(np.uint8))
     return mask_utils.encode(arr) if arr.shape[2] else []

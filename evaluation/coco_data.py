@@ -23,6 +23,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from evaluation.engine import DtTable, GtTable
+from evaluation.rle import intervals, pair_intersections
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,13 @@ class GroundTruth:
     ann_cat: np.ndarray  # (G,) category rank
     source: str = "ground truth"
     _rles: list | None = field(default=None, repr=False)
+    _tables: dict = field(default_factory=dict, repr=False)
+    _boxes: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def from_dataset(cls, gt: str | Path | dict, *, require: Sequence[str] = ("area",)) -> GroundTruth:
+    def from_dataset(
+        cls, gt: str | Path | dict, *, require: Sequence[str] = ("area",)
+    ) -> GroundTruth:
         """Index a COCO/LVIS GT json path or dict; raises ValueError naming bad entries."""
         source = str(gt) if isinstance(gt, (str, Path)) else "ground-truth dict"
         data = load_json(gt, "ground truth")
@@ -89,7 +94,9 @@ class GroundTruth:
                 if key not in a:
                     raise ValueError(f"{source}: annotation #{i} (id={a.get('id')}) has no '{key}'")
             if a["image_id"] not in img_rank:
-                raise ValueError(f"{source}: annotation id={a['id']} has unknown image_id {a['image_id']}")
+                raise ValueError(
+                    f"{source}: annotation id={a['id']} has unknown image_id {a['image_id']}"
+                )
             if a["category_id"] not in cat_rank:
                 raise ValueError(
                     f"{source}: annotation id={a['id']} has unknown category_id {a['category_id']}"
@@ -98,10 +105,14 @@ class GroundTruth:
                 raise ValueError(f"{source}: duplicate annotation id {a['id']}")
             seen.add(a["id"])
         if 0 in seen:
-            logger.warning("%s: annotation id 0 is never counted as matched (pycocotools quirk)", source)
+            logger.warning(
+                "%s: annotation id 0 is never counted as matched (pycocotools quirk)", source
+            )
         ann_img = np.array([img_rank[a["image_id"]] for a in anns], dtype=np.int64)
         ann_cat = np.array([cat_rank[a["category_id"]] for a in anns], dtype=np.int64)
-        return cls(data, img_ids, cat_ids, img_rank, cat_rank, img_size, anns, ann_img, ann_cat, source)
+        return cls(
+            data, img_ids, cat_ids, img_rank, cat_rank, img_size, anns, ann_img, ann_cat, source
+        )
 
     @property
     def cat_names(self) -> list[str]:
@@ -109,7 +120,13 @@ class GroundTruth:
         return [names[c] for c in self.cat_ids]
 
     def table(self, device: torch.device, *, crowd_is_ignore: bool = True) -> GtTable:
-        """Engine table (COCO semantics by default: ignore = crowd = iscrowd)."""
+        """Engine table (COCO semantics by default: ignore = crowd = iscrowd), cached per device."""
+        key = (str(device), crowd_is_ignore)
+        if key not in self._tables:
+            self._tables[key] = self._build_table(device, crowd_is_ignore)
+        return self._tables[key]
+
+    def _build_table(self, device: torch.device, crowd_is_ignore: bool) -> GtTable:
         anns = self.anns
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         if crowd_is_ignore:
@@ -128,18 +145,25 @@ class GroundTruth:
 
     def boxes(self) -> np.ndarray:
         """(G, 4) float64 xywh GT boxes."""
+        if self._boxes is not None:
+            return self._boxes
         try:
             out = np.array([a["bbox"] for a in self.anns], dtype=np.float64).reshape(-1, 4)
         except (KeyError, ValueError) as e:
             bad = next(i for i, a in enumerate(self.anns) if len(a.get("bbox", ())) != 4)
-            raise ValueError(f"{self.source}: annotation id={self.anns[bad].get('id')} has no valid bbox") from e
+            raise ValueError(
+                f"{self.source}: annotation id={self.anns[bad].get('id')} has no valid bbox"
+            ) from e
+        self._boxes = out
         return out
 
     def rles(self) -> list:
         """Compressed RLE of every annotation (polygons / uncompressed RLE rasterised by pycocotools)."""
         if self._rles is None:
-            self._rles = [self.to_rle(a["segmentation"], a["image_id"], f"annotation id={a['id']}")
-                          for a in self.anns]
+            self._rles = [
+                self.to_rle(a["segmentation"], a["image_id"], f"annotation id={a['id']}")
+                for a in self.anns
+            ]
         return self._rles
 
     def to_rle(self, segm: Any, image_id: Any, what: str) -> dict:
@@ -195,7 +219,9 @@ def _bad_entry(dets: list, gt: GroundTruth, need: Sequence[str], source: str) ->
             return ValueError(f"{source}: result #{i} is not a dict")
         for key in need:
             if key not in d:
-                return ValueError(f"{source}: result #{i} (image_id={d.get('image_id')}) has no '{key}'")
+                return ValueError(
+                    f"{source}: result #{i} (image_id={d.get('image_id')}) has no '{key}'"
+                )
         if d["image_id"] not in gt.img_rank:
             return ValueError(f"{source}: result #{i} has unknown image_id {d['image_id']}")
         if d["category_id"] not in gt.cat_rank:
@@ -206,7 +232,9 @@ def _bad_entry(dets: list, gt: GroundTruth, need: Sequence[str], source: str) ->
         if "bbox" in d and d["bbox"] != []:
             b = d["bbox"]
             if len(b) != 4 or not all(math.isfinite(float(v)) for v in b):
-                return ValueError(f"{source}: result #{i} (image_id={d['image_id']}) has bbox {b!r}")
+                return ValueError(
+                    f"{source}: result #{i} (image_id={d['image_id']}) has bbox {b!r}"
+                )
             if b[2] < 0 or b[3] < 0:
                 return ValueError(
                     f"{source}: result #{i} (image_id={d['image_id']}) has negative box size {b!r}"
@@ -224,8 +252,14 @@ def parse_results(
         raise ValueError(f"{source}: results must be a list of dicts")
     n = len(dets)
     if n == 0:
-        return Results(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)), np.zeros(0),
-                       [] if iou_type == "segm" else None)
+        return Results(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0),
+            np.zeros((0, 4)),
+            np.zeros(0),
+            [] if iou_type == "segm" else None,
+        )
     box_area = "bbox" in dets[0] and dets[0]["bbox"] != []
     need = ["image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox"]
     if iou_type == "bbox" and not box_area and "segmentation" in dets[0]:
@@ -250,14 +284,18 @@ def parse_results(
             raise _bad_entry(dets, gt, [*need, "bbox"], source)
     rles = None
     if iou_type == "segm" or not box_area:
-        rles = [gt.to_rle(d["segmentation"], d["image_id"], f"{source}: result #{i}") for i, d in enumerate(dets)]
+        rles = [
+            gt.to_rle(d["segmentation"], d["image_id"], f"{source}: result #{i}")
+            for i, d in enumerate(dets)
+        ]
     if box_area:
         area = boxes[:, 2] * boxes[:, 3]
     else:
         area = rle_area(rles).astype(np.float64)
-        if boxes is None:
+        if boxes is None and iou_type == "bbox":
             boxes = np.array(
-                [d["bbox"] if "bbox" in d else mask_utils.toBbox(r) for d, r in zip(dets, rles)], dtype=np.float64
+                [d["bbox"] if "bbox" in d else mask_utils.toBbox(r) for d, r in zip(dets, rles)],
+                dtype=np.float64,
             ).reshape(n, 4)
     return Results(img, cat, score, boxes, area, rles)
 
@@ -278,34 +316,27 @@ def bbox_pair_iou(dt_boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_crowd: torc
     return pair_iou
 
 
-def mask_pair_iou(dt_rles: list, gt_rles: list, dt_img: np.ndarray, gt_crowd: torch.Tensor, device: torch.device):
-    """Pair IoU of RLE masks: masks decoded per image, intersections counted by an exact 0/1 matmul.
-
-    Counts are exact in float32 while an image has < 2**24 pixels (float64 is used above that); the IoU
-    is ``float64(i) / float64(u)`` with pycocotools' rules (i == 0 -> 0, crowd: u = area(dt)).
-    """
+def mask_pair_iou(dt_rles: list, gt_rles: list, gt_crowd: torch.Tensor, device: torch.device):
+    """Pair IoU of compressed RLE masks with exact integer intersections (see :mod:`evaluation.rle`);
+    ``float64(i) / float64(u)`` with pycocotools' rules (i == 0 -> 0, crowd: u = area(dt))."""
+    dt_iv, gt_iv = intervals(dt_rles, device), intervals(gt_rles, device)
+    to_box = lambda r: torch.as_tensor(  # noqa: E731
+        mask_utils.toBbox(r).reshape(-1, 4) if r else np.zeros((0, 4)),
+        dtype=torch.float64,
+        device=device,
+    )
+    dt_bb, gt_bb = to_box(dt_rles), to_box(gt_rles)
     dt_area = torch.as_tensor(rle_area(dt_rles), device=device)
     gt_area = torch.as_tensor(rle_area(gt_rles), device=device)
 
-    def decode(rles: list, idx: np.ndarray) -> torch.Tensor:
-        m = mask_utils.decode([rles[i] for i in idx])  # (H, W, n) uint8, Fortran order
-        t = torch.from_numpy(m.transpose(2, 1, 0).reshape(len(idx), -1)).to(device)  # no copy: (n, W*H)
-        return t.to(torch.float32 if t.shape[1] < 2**24 else torch.float64)
-
     def pair_iou(di: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+        # only pairs whose mask boxes overlap can intersect (pycocotools gates on the box IoU too)
+        d, g = dt_bb[di], gt_bb[gi]
+        w = torch.minimum(d[:, 0] + d[:, 2], g[:, 0] + g[:, 2]) - torch.maximum(d[:, 0], g[:, 0])
+        h = torch.minimum(d[:, 1] + d[:, 3], g[:, 1] + g[:, 3]) - torch.maximum(d[:, 1], g[:, 1])
+        near = torch.nonzero((w > 0) & (h > 0)).squeeze(1)
         inter = torch.zeros(di.numel(), dtype=torch.long, device=device)
-        di_np, gi_np = di.cpu().numpy(), gi.cpu().numpy()
-        pimg = dt_img[di_np]
-        order = np.argsort(pimg, kind="stable")
-        bounds = np.flatnonzero(np.diff(pimg[order])) + 1
-        for sel in np.split(order, bounds):
-            if sel.size == 0:
-                continue
-            ud, d_inv = np.unique(di_np[sel], return_inverse=True)
-            ug, g_inv = np.unique(gi_np[sel], return_inverse=True)
-            prod = decode(dt_rles, ud) @ decode(gt_rles, ug).T  # (nd, ng) exact counts
-            sel_t = torch.as_tensor(sel, device=device)
-            inter[sel_t] = prod[torch.as_tensor(d_inv, device=device), torch.as_tensor(g_inv, device=device)].long()
+        inter[near] = pair_intersections(dt_iv, gt_iv, di[near], gi[near])
         da, ga = dt_area[di], gt_area[gi]
         union = torch.where(gt_crowd[gi], da, da + ga - inter)
         iou = inter.double() / union.clamp(min=1).double()

@@ -41,7 +41,9 @@ def coco_rec_thrs() -> np.ndarray:
     return np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 
 
-AREA_RANGES = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=np.float64)
+AREA_RANGES = np.array(
+    [[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=np.float64
+)
 AREA_LABELS = ("all", "small", "medium", "large")
 
 
@@ -127,7 +129,11 @@ def _gt_ignore_per_area(gt: GtTable, area_rngs: torch.Tensor) -> torch.Tensor:
 
 
 def _greedy_match_bucket(
-    iou: torch.Tensor, n_active: list[int], ign: torch.Tensor, crowd: torch.Tensor, thrs: torch.Tensor
+    iou: torch.Tensor,
+    n_active: list[int],
+    ign: torch.Tensor,
+    crowd: torch.Tensor,
+    thrs: torch.Tensor,
 ) -> torch.Tensor:
     """Run pycocotools' greedy matcher for a batch of cells.
 
@@ -221,14 +227,31 @@ def match(
         thr_eff = torch.clamp(iou_thrs, max=1 - 1e-10)
         best = torch.full((n,), -2.0, dtype=torch.float64, device=dev)
         best.scatter_reduce_(0, pair_det, ious, reduce="amax")
-        cidx = torch.nonzero(best >= thr_eff.min()).squeeze(1)  # detections that can match somewhere
+        cidx = torch.nonzero(best >= thr_eff.min()).squeeze(
+            1
+        )  # detections that can match somewhere
         if cidx.numel():
-            sel = _match_candidates(cidx, det_cell, g_start, g_cnt, pair_det, pair_q, ious, gt_order, gt_ign,
-                                    gt.crowd, thr_eff)  # (C, A, T) global GT index or -1
+            sel = _match_candidates(
+                cidx,
+                det_cell,
+                g_start,
+                g_cnt,
+                pair_det,
+                pair_q,
+                ious,
+                gt_order,
+                gt_ign,
+                gt.crowd,
+                thr_eff,
+            )  # (C, A, T) global GT index or -1
             hit = sel >= 0
             gsel = sel.clamp(min=0)
             tp[cidx] = hit & gt.id_nonzero[gsel]
-            g_ign = gt_ign.gather(1, gsel.permute(1, 0, 2).reshape(a, -1)).reshape(a, -1, t).permute(1, 0, 2)
+            g_ign = (
+                gt_ign.gather(1, gsel.permute(1, 0, 2).reshape(a, -1))
+                .reshape(a, -1, t)
+                .permute(1, 0, 2)
+            )
             ig[cidx] = hit & g_ign
     lo, hi = area_rngs[:, 0], area_rngs[:, 1]
     d_area = dt.area[det]
@@ -259,18 +282,48 @@ def _match_candidates(
     pmask = pos_of[pair_det] >= 0
     p_c = pos_of[pair_det[pmask]]  # candidate position per pair
     p_q, p_iou = pair_q[pmask], ious[pmask]
-    sel = torch.full((cidx.numel(), gt_ign.shape[0], thr_eff.numel()), -1, dtype=torch.long, device=dev)
+    sel = torch.full(
+        (cidx.numel(), gt_ign.shape[0], thr_eff.numel()), -1, dtype=torch.long, device=dev
+    )
     bucket = _bucket_of(cell_g)
     for b in torch.unique(bucket).tolist():
         cells = torch.nonzero(bucket == b).squeeze(1)
         cells = cells[torch.sort(cell_j[cells], descending=True, stable=True).indices]
-        _run_bucket(cells, cseg, crank, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt_order, gt_ign, gt_crowd,
-                    thr_eff, sel)
+        _run_bucket(
+            cells,
+            cseg,
+            crank,
+            p_c,
+            p_q,
+            p_iou,
+            cell_g0,
+            cell_g,
+            cell_j,
+            gt_order,
+            gt_ign,
+            gt_crowd,
+            thr_eff,
+            sel,
+        )
     return sel
 
 
-def _run_bucket(cells, cseg, crank, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt_order, gt_ign, gt_crowd,
-                thr_eff, sel_out) -> None:
+def _run_bucket(
+    cells,
+    cseg,
+    crank,
+    p_c,
+    p_q,
+    p_iou,
+    cell_g0,
+    cell_g,
+    cell_j,
+    gt_order,
+    gt_ign,
+    gt_crowd,
+    thr_eff,
+    sel_out,
+) -> None:
     """Pad one bucket of cells to (cells, candidates, G), match, and write global GT indices to sel_out."""
     dev = cells.device
     nb = cells.numel()
@@ -284,17 +337,23 @@ def _run_bucket(cells, cseg, crank, p_c, p_q, p_iou, cell_g0, cell_g, cell_j, gt
     iou[p_loc[keep], crank[p_c[keep]], p_q[keep]] = p_iou[keep]
     q = torch.arange(g_max, device=dev)
     valid = q[None, :] < cell_g[cells][:, None]  # (nb, G)
-    gidx = torch.where(valid, gt_order[(cell_g0[cells][:, None] + q[None, :]).clamp(max=gt_order.numel() - 1)], 0)
+    gidx = torch.where(
+        valid, gt_order[(cell_g0[cells][:, None] + q[None, :]).clamp(max=gt_order.numel() - 1)], 0
+    )
     ign = gt_ign[:, gidx].permute(1, 0, 2)  # (nb, A, G)
     crowd = gt_crowd[gidx] & valid
     counts = cell_j[cells]
-    n_active = [int(v) for v in (counts[None, :] > torch.arange(j_max, device=dev)[:, None]).sum(1).tolist()]
+    n_active = [
+        int(v) for v in (counts[None, :] > torch.arange(j_max, device=dev)[:, None]).sum(1).tolist()
+    ]
     sel = _greedy_match_bucket(iou, n_active, ign, crowd, thr_eff)  # (nb, J, A, T)
     del iou
     c_loc = local[cseg]
     mine = torch.nonzero(c_loc >= 0).squeeze(1)
     s = sel[c_loc[mine], crank[mine]]  # (m, A, T)
-    g_glob = torch.where(s >= 0, gidx[c_loc[mine]].gather(1, s.clamp(min=0).flatten(1)).view_as(s), -1)
+    g_glob = torch.where(
+        s >= 0, gidx[c_loc[mine]].gather(1, s.clamp(min=0).flatten(1)).view_as(s), -1
+    )
     sel_out[mine] = g_glob
 
 
@@ -368,7 +427,9 @@ def accumulate(
         has_det = nd > 0
         first[has_det] = s_m[starts[has_det]]
         for ai in range(a_n):
-            p, r, s = _accumulate_one(tp_m[:, ai].T, ig_m[:, ai].T, s_m, c_m, k_n, npig[:, ai], jr[:, ai], first)
+            p, r, s = _accumulate_one(
+                tp_m[:, ai].T, ig_m[:, ai].T, s_m, c_m, k_n, npig[:, ai], jr[:, ai], first
+            )
             valid = npig[:, ai] > 0
             precision[:, :, valid, ai, mi] = p[:, :, valid]
             scores[:, :, valid, ai, mi] = s[:, :, valid]
@@ -411,7 +472,7 @@ def _accumulate_one(tp, ig, score, cat, k_n, npig, jr, first_score):
         q = torch.where(ok, env[idx], 0.0)
         ss = torch.where(ok, ev_score[idx], 0.0)
         # recall threshold 0 -> index 0 of the category: envelope max over all events, first score
-        z = (j == 0)
+        z = j == 0
         any_tp = (ntp > 0)[:, None, :]
         q = torch.where(z & any_tp, env[g_start.clamp(max=env.numel() - 1)][:, None, :], q)
     else:
@@ -437,7 +498,9 @@ def run(
     """Evaluate: sort, truncate per (image, category) to ``per_cell_cap``, match, accumulate."""
     dev = dt.score.device
     with single_thread_on_cpu(dev):
-        return _run(gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs)
+        return _run(
+            gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs
+        )
 
 
 @contextlib.contextmanager
@@ -455,12 +518,16 @@ def single_thread_on_cpu(device: torch.device):
         torch.set_num_threads(prev)
 
 
-def _run(gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs) -> EvalResult:
+def _run(
+    gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs
+) -> EvalResult:
     dev = dt.score.device
     thr = torch.as_tensor(iou_thrs, dtype=torch.float64, device=dev)
     rec = torch.as_tensor(rec_thrs, dtype=torch.float64, device=dev)
     rng = torch.as_tensor(area_rngs, dtype=torch.float64, device=dev)
     order, rank = sort_detections(dt, num_cats)
-    keep = rank < per_cell_cap if per_cell_cap is not None else torch.ones_like(rank, dtype=torch.bool)
+    keep = (
+        rank < per_cell_cap if per_cell_cap is not None else torch.ones_like(rank, dtype=torch.bool)
+    )
     tp, ig = match(gt, dt, order, keep, num_cats, pair_iou, thr, rng)
     return accumulate(gt, dt, order, rank, tp, ig, keep, num_cats, max_dets, rec, rng)

@@ -19,13 +19,26 @@ import torch
 
 from evaluation import engine
 from evaluation.coco import COCOEvaluator, resolve_device
-from evaluation.coco_data import GroundTruth, bbox_pair_iou, mask_pair_iou, parse_results
+from evaluation.coco_data import GroundTruth, Results, bbox_pair_iou, mask_pair_iou, parse_results
 from evaluation.dist import gather_on_main
 
 MAX_DETS = 300
 FREQ_LABELS = ("r", "c", "f")
-RESULT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
-               "AR@300", "ARs@300", "ARm@300", "ARl@300")
+RESULT_KEYS = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "APr",
+    "APc",
+    "APf",
+    "AR@300",
+    "ARs@300",
+    "ARm@300",
+    "ARl@300",
+)
 
 
 def _limit_per_image(res: Results, max_dets: int) -> np.ndarray:
@@ -38,7 +51,9 @@ def _limit_per_image(res: Results, max_dets: int) -> np.ndarray:
     return np.sort(order[rank < max_dets])  # back to result order (ties keep their input order)
 
 
-def _federated_mask(gt: GroundTruth, res: Results, gt_keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _federated_mask(
+    gt: GroundTruth, res: Results, gt_keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(evaluated?, not-exhaustive?) per detection."""
     imgs = gt.dataset["images"]
     n_img, n_cat = len(gt.img_ids), len(gt.cat_ids)
@@ -48,7 +63,9 @@ def _federated_mask(gt: GroundTruth, res: Results, gt_keep: np.ndarray) -> tuple
     for im in imgs:
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             if key not in im:
-                raise ValueError(f"{gt.source}: image id={im['id']} has no '{key}' (not an LVIS file?)")
+                raise ValueError(
+                    f"{gt.source}: image id={im['id']} has no '{key}' (not an LVIS file?)"
+                )
         r = gt.img_rank[im["id"]]
         for key, arr in (("neg_category_ids", allowed), ("not_exhaustive_category_ids", not_exh)):
             ids = [gt.cat_rank[c] for c in im[key] if c in gt.cat_rank]
@@ -56,7 +73,9 @@ def _federated_mask(gt: GroundTruth, res: Results, gt_keep: np.ndarray) -> tuple
     return allowed[res.img, res.cat], not_exh[res.img, res.cat]
 
 
-def _summarize(precision: np.ndarray, recall: np.ndarray, freq_groups: list[list[int]]) -> dict[str, float]:
+def _summarize(
+    precision: np.ndarray, recall: np.ndarray, freq_groups: list[list[int]]
+) -> dict[str, float]:
     """lvis-api ``summarize()`` with its exact numpy indexing (the mean's summation order depends on it)."""
     iou_thrs = engine.coco_iou_thrs()
     labels = list(engine.AREA_LABELS)
@@ -72,9 +91,21 @@ def _summarize(precision: np.ndarray, recall: np.ndarray, freq_groups: list[list
             s = s[:, :, aidx]
         return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
 
-    vals = [one("ap"), one("ap", 0.5), one("ap", 0.75), one("ap", area="small"), one("ap", area="medium"),
-            one("ap", area="large"), one("ap", freq=0), one("ap", freq=1), one("ap", freq=2),
-            one("ar"), one("ar", area="small"), one("ar", area="medium"), one("ar", area="large")]
+    vals = [
+        one("ap"),
+        one("ap", 0.5),
+        one("ap", 0.75),
+        one("ap", area="small"),
+        one("ap", area="medium"),
+        one("ap", area="large"),
+        one("ap", freq=0),
+        one("ap", freq=1),
+        one("ap", freq=2),
+        one("ar"),
+        one("ar", area="small"),
+        one("ar", area="medium"),
+        one("ar", area="large"),
+    ]
     return dict(zip(RESULT_KEYS, vals))
 
 
@@ -100,7 +131,9 @@ def evaluate(
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     dev = resolve_device(device)
     if not isinstance(gt, GroundTruth):
-        gt = GroundTruth.from_dataset(gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation"))
+        gt = GroundTruth.from_dataset(
+            gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation")
+        )
     dets = parse_results(detections, gt, iou_type)
     dets = dets.subset(_limit_per_image(dets, MAX_DETS))
     gt_area = np.array([float(a["area"]) for a in gt.anns], dtype=np.float64)
@@ -111,7 +144,12 @@ def evaluate(
 
     gtt_full = gt.table(dev, crowd_is_ignore=False)
     gidx = torch.as_tensor(np.flatnonzero(gt_keep), device=dev)
-    gtt = engine.GtTable(*(getattr(gtt_full, f)[gidx] for f in ("img", "cat", "area", "ignore", "crowd", "id_nonzero")))
+    gtt = engine.GtTable(
+        *(
+            getattr(gtt_full, f)[gidx]
+            for f in ("img", "cat", "area", "ignore", "crowd", "id_nonzero")
+        )
+    )
     dtt = dets.table(dev)
     dtt.ignore_unmatched = torch.as_tensor(not_exh, device=dev)
     if iou_type == "bbox":
@@ -120,12 +158,25 @@ def evaluate(
         pair_iou = bbox_pair_iou(dt_boxes, gt_boxes, gtt.crowd)
     else:
         rles = gt.rles()
-        pair_iou = mask_pair_iou(dets.rles, [rles[i] for i in gidx.tolist()], dets.img, gtt.crowd, dev)
-    out = engine.run(gtt, dtt, num_cats=len(gt.cat_ids), pair_iou=pair_iou, max_dets=[MAX_DETS], per_cell_cap=None,
-                     iou_thrs=engine.coco_iou_thrs(), rec_thrs=engine.coco_rec_thrs(), area_rngs=engine.AREA_RANGES)
+        pair_iou = mask_pair_iou(dets.rles, [rles[i] for i in gidx.tolist()], gtt.crowd, dev)
+    out = engine.run(
+        gtt,
+        dtt,
+        num_cats=len(gt.cat_ids),
+        pair_iou=pair_iou,
+        max_dets=[MAX_DETS],
+        per_cell_cap=None,
+        iou_thrs=engine.coco_iou_thrs(),
+        rec_thrs=engine.coco_rec_thrs(),
+        area_rngs=engine.AREA_RANGES,
+    )
     precision, recall = out.precision[..., 0], out.recall[..., 0]
     freq_groups = _freq_groups(gt)
-    return {"results": _summarize(precision, recall, freq_groups), "precision": precision, "recall": recall}
+    return {
+        "results": _summarize(precision, recall, freq_groups),
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 def _freq_groups(gt: GroundTruth) -> list[list[int]]:
@@ -134,7 +185,9 @@ def _freq_groups(gt: GroundTruth) -> list[list[int]]:
     for k, cid in enumerate(gt.cat_ids):
         freq = cats[cid].get("frequency")
         if freq not in FREQ_LABELS:
-            raise ValueError(f"{gt.source}: category id={cid} has frequency {freq!r}, expected r/c/f")
+            raise ValueError(
+                f"{gt.source}: category id={cid} has frequency {freq!r}, expected r/c/f"
+            )
         groups[FREQ_LABELS.index(freq)].append(k)
     return groups
 
@@ -144,12 +197,16 @@ def format_results(results: dict[str, float], iou_type: str = "bbox") -> str:
     del iou_type
     lines = []
     for key, v in results.items():
-        title, typ = ("Average Precision", "(AP)") if key.startswith("AP") else ("Average Recall", "(AR)")
+        title, typ = (
+            ("Average Precision", "(AP)") if key.startswith("AP") else ("Average Recall", "(AR)")
+        )
         iou = f"{float(key[2:]) / 100:0.2f}" if len(key) > 2 and key[2].isdigit() else "0.50:0.95"
         group = key[2] if len(key) > 2 and key[2] in "rcf" else "all"
         area = key[2] if len(key) > 2 and key[2] in "sml" else "all"
-        lines.append(f" {title:<18} {typ} @[ IoU={iou:<9} | area={area:>6s} | maxDets={MAX_DETS:>3d} "
-                     f"catIds={group:>3s}] = {v:0.3f}")
+        lines.append(
+            f" {title:<18} {typ} @[ IoU={iou:<9} | area={area:>6s} | maxDets={MAX_DETS:>3d} "
+            f"catIds={group:>3s}] = {v:0.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -159,10 +216,21 @@ class LVISEvaluator(COCOEvaluator):
     ``evaluate()`` returns {"bbox"|"segm": {LVIS metric: percent}, "results": fractions} on rank 0.
     """
 
-    def __init__(self, gt: str | Path | dict, *, iou_type: str = "bbox",
-                 label_to_category_id: Sequence[int] | None = None, device: str | torch.device | None = None) -> None:
-        super().__init__(gt, iou_type=iou_type, label_to_category_id=label_to_category_id, device=device,
-                         max_dets_per_image=None)
+    def __init__(
+        self,
+        gt: str | Path | dict,
+        *,
+        iou_type: str = "bbox",
+        label_to_category_id: Sequence[int] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(
+            gt,
+            iou_type=iou_type,
+            label_to_category_id=label_to_category_id,
+            device=device,
+            max_dets_per_image=None,
+        )
 
     def evaluate(self) -> dict[str, Any]:
         gathered = gather_on_main(self._records)

@@ -38,7 +38,9 @@ def decode_counts(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     first = np.r_[0, np.flatnonzero(np.diff(mask_of)) + 1]
     m = np.arange(x.size) - np.repeat(first, np.diff(np.r_[first, x.size]))
     # delta coding: cnts[m] = x[m] + cnts[m-2] for m > 2 -> cumulative sums along each parity chain
-    chain = np.where(m == 0, -1, mask_of * 2 + (m % 2))  # m == 0 stands alone; m = 2 starts the even chain
+    chain = np.where(
+        m == 0, -1, mask_of * 2 + (m % 2)
+    )  # m == 0 stands alone; m = 2 starts the even chain
     out = x.copy()
     sel = np.flatnonzero(chain >= 0)
     o = sel[np.argsort(chain[sel], kind="stable")]
@@ -79,7 +81,9 @@ def intervals(rles: list[dict], device: torch.device) -> Intervals:
     return Intervals(t(mk), t(start), t(end), t(before))
 
 
-def pair_intersections(a: Intervals, b: Intervals, pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
+def pair_intersections(
+    a: Intervals, b: Intervals, pa: torch.Tensor, pb: torch.Tensor
+) -> torch.Tensor:
     """Exact pixel counts of ``mask a[pa[i]] & mask b[pb[i]]`` for every pair i (int64)."""
     dev = pa.device
     out = torch.zeros(pa.numel(), dtype=torch.long, device=dev)

@@ -25,7 +25,9 @@ def _as_tensor(x: Any, device: torch.device | None = None) -> torch.Tensor:
     return t.to(device) if device is not None else t
 
 
-def confusion_matrix(pred: Any, gt: Any, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: Any, gt: Any, num_classes: int, ignore_index: int | None = 255
+) -> torch.Tensor:
     """Confusion matrix of one or many label maps.
 
     Args:
@@ -40,7 +42,9 @@ def confusion_matrix(pred: Any, gt: Any, num_classes: int, ignore_index: int | N
     gt = _as_tensor(gt)
     pred = _as_tensor(pred, gt.device)
     if pred.shape != gt.shape:
-        raise ValueError(f"confusion_matrix: prediction shape {tuple(pred.shape)} != GT shape {tuple(gt.shape)}")
+        raise ValueError(
+            f"confusion_matrix: prediction shape {tuple(pred.shape)} != GT shape {tuple(gt.shape)}"
+        )
     gt = gt.reshape(-1).long()
     pred = pred.reshape(-1).long()
     if ignore_index is not None:
@@ -50,10 +54,14 @@ def confusion_matrix(pred: Any, gt: Any, num_classes: int, ignore_index: int | N
         lo, hi = torch.aminmax(torch.stack([gt.min(), gt.max(), pred.min(), pred.max()]))
         if int(lo) < 0 or int(hi) >= num_classes:
             bad = "GT" if int(gt.min()) < 0 or int(gt.max()) >= num_classes else "prediction"
-            raise ValueError(f"confusion_matrix: {bad} holds values outside [0, {num_classes}) "
-                             f"(GT range [{int(gt.min())}, {int(gt.max())}], prediction range "
-                             f"[{int(pred.min())}, {int(pred.max())}], ignore_index={ignore_index})")
-    return torch.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes)
+            raise ValueError(
+                f"confusion_matrix: {bad} holds values outside [0, {num_classes}) "
+                f"(GT range [{int(gt.min())}, {int(gt.max())}], prediction range "
+                f"[{int(pred.min())}, {int(pred.max())}], ignore_index={ignore_index})"
+            )
+    return torch.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
 
 
 def sequential_nanmean(values: Sequence[float]) -> float:
@@ -66,7 +74,9 @@ def sequential_nanmean(values: Sequence[float]) -> float:
     return total / n if n else float("nan")
 
 
-def miou_from_confusion(cm: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def miou_from_confusion(
+    cm: torch.Tensor, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
     """IoU / accuracy metrics from a (K, K) confusion matrix (rows GT).
 
     Returns:
@@ -111,10 +121,16 @@ def ddpmseg_miou_from_counts(counts: torch.Tensor, ignore_index: int | None) -> 
     inter, p, g = (c.to("cpu", torch.int64).numpy() for c in counts)
     ids = [k for k in range(inter.shape[0]) if k != ignore_index]
     ious = [inter[k] / (1e-8 + (p[k] + g[k] - inter[k])) for k in ids]
-    return {"miou": float(np.array(ious).mean()), "iou": np.array(ious, dtype=np.float64), "class_ids": ids}
+    return {
+        "miou": float(np.array(ious).mean()),
+        "iou": np.array(ious, dtype=np.float64),
+        "class_ids": ids,
+    }
 
 
-def ddpmseg_miou(preds: Any, gts: Any, num_classes: int, ignore_index: int | None) -> dict[str, Any]:
+def ddpmseg_miou(
+    preds: Any, gts: Any, num_classes: int, ignore_index: int | None
+) -> dict[str, Any]:
     """DDPM-Seg ``compute_iou`` over a whole test set.
 
     Args:
@@ -145,13 +161,26 @@ class SemSegEvaluator:
         device: where the bincounts run (default: the inputs' device).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, class_names: Sequence[str] | None = None,
-                 *, mode: str = "standard", device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        class_names: Sequence[str] | None = None,
+        *,
+        mode: str = "standard",
+        device: str | torch.device | None = None,
+    ) -> None:
         if mode not in ("standard", "ddpmseg"):
             raise ValueError(f"SemSegEvaluator: mode must be 'standard' or 'ddpmseg', got {mode!r}")
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"SemSegEvaluator: {len(class_names)} class names for {num_classes} classes")
-        self.num_classes, self.ignore_index, self.class_names = num_classes, ignore_index, class_names
+            raise ValueError(
+                f"SemSegEvaluator: {len(class_names)} class names for {num_classes} classes"
+            )
+        self.num_classes, self.ignore_index, self.class_names = (
+            num_classes,
+            ignore_index,
+            class_names,
+        )
         self.mode = mode
         self.device = torch.device(device) if device is not None else None
         self.reset()
@@ -167,7 +196,9 @@ class SemSegEvaluator:
             c = confusion_matrix(pred, gt, self.num_classes, self.ignore_index)
         else:
             if pred.shape != gt.shape:
-                raise ValueError(f"SemSegEvaluator: prediction shape {tuple(pred.shape)} != GT {tuple(gt.shape)}")
+                raise ValueError(
+                    f"SemSegEvaluator: prediction shape {tuple(pred.shape)} != GT {tuple(gt.shape)}"
+                )
             c = ddpmseg_counts(pred, gt, self.num_classes)
         self._acc = c if self._acc is None else self._acc + c
 

@@ -319,11 +319,15 @@ def first_images(records: DetectionRecords, limit: int | None) -> DetectionRecor
 
 def resolve_paths(data_cfg: Any) -> dict[str, str | None]:
     """Dataset paths from the config; the synthetic dataset is generated on first use."""
+    keys = ("train_json", "train_images", "val_json", "val_images")
     if data_cfg.synthetic:
         from tasks.detect.synthetic import ensure_synthetic_dataset
 
+        given = [k for k in keys if getattr(data_cfg, k) is not None]
+        if given:
+            raise ValueError(f"data.synthetic=true conflicts with data.{given[0]}; set data.synthetic=false to use your own data")
         return ensure_synthetic_dataset(data_cfg.synthetic_root)  # type: ignore[return-value]
-    paths = {k: getattr(data_cfg, k) for k in ("train_json", "train_images", "val_json", "val_images")}
+    paths = {k: getattr(data_cfg, k) for k in keys}
     for key, value in paths.items():
         if value is not None and not Path(value).exists():
             raise ValueError(f"data.{key}: path '{value}' does not exist")

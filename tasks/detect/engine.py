@@ -92,7 +92,7 @@ def train_step(
         losses = model(images, targets)
     total = sum(losses.values())
     if not torch.isfinite(total):
-        detail = {k: float(v) for k, v in losses.items()}
+        detail = {k: float(v.detach()) for k, v in losses.items()}
         raise FloatingPointError(f"non-finite loss at iteration {iteration} (rank {get_rank()}): {detail}")
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:

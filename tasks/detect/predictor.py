@@ -47,7 +47,7 @@ def load_image(image: ImageInput) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"numpy images must be HWC RGB, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"tensor images must be (3, H, W), got shape {tuple(image.shape)}")

@@ -171,7 +171,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 def _size(rng: np.random.Generator, height: int, width: int, bucket: int) -> float:
     """Object scale (circumscribed diameter) for bucket 0/1/2 aiming at COCO small / medium / large areas."""
-    low, high = ((10.0, 36.0), (36.0, 100.0), (110.0, 1.5 * min(height, width)))[bucket]
+    low, high = ((10.0, 36.0), (36.0, 100.0), (110.0, max(1.5 * min(height, width), 140.0)))[bucket]
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 

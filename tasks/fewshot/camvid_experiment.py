@@ -137,7 +137,7 @@ def unet_features(unet: ADMUNet, images: list[torch.Tensor], device: torch.devic
 
 
 def evaluate(model, feats: list[list[torch.Tensor]], labels: list[torch.Tensor]) -> tuple[dict, list]:
-    preds = [predict_image(model, f, tuple(lab.shape)) for f in feats]
+    preds = [predict_image(model, f, tuple(lab.shape)) for f, lab in zip(feats, labels)]
     result = {}
     for vote in ("majority", "soft"):
         scores = miou_both([getattr(p, vote) for p in preds], labels, NUM_CLASSES, CAMVID_IGNORE)

@@ -12,7 +12,9 @@ import io
 import numpy as np
 
 
-def coco_eval(gt: dict, dets: list, iou_type: str = "bbox", max_dets=(1, 10, 100), use_cats: bool = True):
+def coco_eval(
+    gt: dict, dets: list, iou_type: str = "bbox", max_dets=(1, 10, 100), use_cats: bool = True
+):
     """Run pycocotools COCOeval quietly on deep copies; returns the COCOeval object (eval, stats)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -23,8 +25,11 @@ def coco_eval(gt: dict, dets: list, iou_type: str = "bbox", max_dets=(1, 10, 100
         coco.createIndex()
         res = coco.loadRes(copy.deepcopy(dets)) if dets else COCO()
         if not dets:  # loadRes([]) crashes on anns[0]; an empty result set is a valid COCO object
-            res.dataset = {"images": copy.deepcopy(gt["images"]), "categories": copy.deepcopy(gt["categories"]),
-                           "annotations": []}
+            res.dataset = {
+                "images": copy.deepcopy(gt["images"]),
+                "categories": copy.deepcopy(gt["categories"]),
+                "annotations": [],
+            }
             res.createIndex()
         ev = COCOeval(coco, res, iou_type)
         ev.params.maxDets = list(max_dets)
@@ -64,8 +69,10 @@ def assert_bytes_equal(a: np.ndarray, b: np.ndarray, name: str) -> None:
     assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} != {b.dtype}"
     if a.tobytes() != b.tobytes():
         diff = np.argwhere(a != b)
-        raise AssertionError(f"{name}: {len(diff)} cells differ, first {diff[:3].tolist()}: "
-                             f"{a[tuple(diff[0])]!r} vs {b[tuple(diff[0])]!r}")
+        raise AssertionError(
+            f"{name}: {len(diff)} cells differ, first {diff[:3].tolist()}: "
+            f"{a[tuple(diff[0])]!r} vs {b[tuple(diff[0])]!r}"
+        )
 
 
 def cityscapes_eval(pred_paths: list, gt_paths: list, tmp_dir, inst_level: bool = True) -> dict:
@@ -82,6 +89,8 @@ def cityscapes_eval(pred_paths: list, gt_paths: list, tmp_dir, inst_level: bool 
     cs.args.evalInstLevelScore = inst_level
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return cs.evaluateImgLists([str(p) for p in pred_paths], [str(p) for p in gt_paths], cs.args)
+            return cs.evaluateImgLists(
+                [str(p) for p in pred_paths], [str(p) for p in gt_paths], cs.args
+            )
     finally:
         cs.args.evalInstLevelScore = True

@@ -13,10 +13,21 @@ import torch
 from evaluation.__main__ import main
 from evaluation.coco import COCOEvaluator, evaluate
 
-GT = {"images": [{"id": 1, "height": 50, "width": 60}, {"id": 2, "height": 50, "width": 60}],
-      "categories": [{"id": 7, "name": "cat"}],
-      "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [5, 5, 20, 20], "area": 400.0,
-                       "iscrowd": 0, "segmentation": [[5, 5, 25, 5, 25, 25, 5, 25]]}]}
+GT = {
+    "images": [{"id": 1, "height": 50, "width": 60}, {"id": 2, "height": 50, "width": 60}],
+    "categories": [{"id": 7, "name": "cat"}],
+    "annotations": [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 7,
+            "bbox": [5, 5, 20, 20],
+            "area": 400.0,
+            "iscrowd": 0,
+            "segmentation": [[5, 5, 25, 5, 25, 25, 5, 25]],
+        }
+    ],
+}
 
 
 def det(**kw):
@@ -25,14 +36,17 @@ def det(**kw):
     return d
 
 
-@pytest.mark.parametrize(("bad", "match"), [
-    ({"score": float("nan")}, r"result #1 \(image_id=1\) has score nan"),
-    ({"score": float("inf")}, r"result #1 \(image_id=1\) has score inf"),
-    ({"image_id": 99}, "result #1 has unknown image_id 99"),
-    ({"category_id": 3}, "result #1 has unknown category_id 3"),
-    ({"bbox": [1.0, 1.0, -2.0, 3.0]}, "result #1 .* negative box size"),
-    ({"bbox": [1.0, 1.0, 3.0]}, r"result #1 .* has bbox \[1.0, 1.0, 3.0\]"),
-])
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"score": float("nan")}, r"result #1 \(image_id=1\) has score nan"),
+        ({"score": float("inf")}, r"result #1 \(image_id=1\) has score inf"),
+        ({"image_id": 99}, "result #1 has unknown image_id 99"),
+        ({"category_id": 3}, "result #1 has unknown category_id 3"),
+        ({"bbox": [1.0, 1.0, -2.0, 3.0]}, "result #1 .* negative box size"),
+        ({"bbox": [1.0, 1.0, 3.0]}, r"result #1 .* has bbox \[1.0, 1.0, 3.0\]"),
+    ],
+)
 def test_bad_results_name_the_entry(bad, match):
     with pytest.raises(ValueError, match=match):
         evaluate(GT, [det(), det(**bad)], device="cpu")
@@ -46,8 +60,15 @@ def test_missing_keys_and_wrong_mask_size():
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(np.ones((40, 60), np.uint8)))
-    with pytest.raises(ValueError, match=r"result #0: mask size \[40, 60\] differs from image 1 size \[50, 60\]"):
-        evaluate(GT, [{"image_id": 1, "category_id": 7, "segmentation": rle, "score": 0.5}], iou_type="segm", device="cpu")
+    with pytest.raises(
+        ValueError, match=r"result #0: mask size \[40, 60\] differs from image 1 size \[50, 60\]"
+    ):
+        evaluate(
+            GT,
+            [{"image_id": 1, "category_id": 7, "segmentation": rle, "score": 0.5}],
+            iou_type="segm",
+            device="cpu",
+        )
     bad_gt = json.loads(json.dumps(GT))
     del bad_gt["annotations"][0]["area"]
     with pytest.raises(ValueError, match="annotation #0 \\(id=1\\) has no 'area'"):
@@ -58,8 +79,12 @@ def test_missing_keys_and_wrong_mask_size():
 
 def test_evaluator_rejects_unknown_image_and_bad_mask_size():
     ev = COCOEvaluator(GT, iou_type="segm", device="cpu")
-    out = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([7]),
-           "masks": torch.zeros(1, 10, 10, dtype=torch.bool)}
+    out = {
+        "boxes": torch.zeros(1, 4),
+        "scores": torch.ones(1),
+        "labels": torch.tensor([7]),
+        "masks": torch.zeros(1, 10, 10, dtype=torch.bool),
+    }
     with pytest.raises(ValueError, match="unknown image_id 5"):
         ev.process([{"image_id": 5}], [out])
     with pytest.raises(ValueError, match=r"masks for image 1 are \(10, 10\), image is \(50, 60\)"):
@@ -69,17 +94,48 @@ def test_evaluator_rejects_unknown_image_and_bad_mask_size():
 def test_cli_coco_and_json(tmp_path, capsys):
     (tmp_path / "gt.json").write_text(json.dumps(GT))
     (tmp_path / "dt.json").write_text(json.dumps([det()]))
-    assert main(["coco", "--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json"), "--device", "cpu",
-                 "--json", str(tmp_path / "out.json")]) == 0
+    assert (
+        main(
+            [
+                "coco",
+                "--gt",
+                str(tmp_path / "gt.json"),
+                "--dt",
+                str(tmp_path / "dt.json"),
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "out.json"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000" in text
     out = json.loads((tmp_path / "out.json").read_text())
-    assert out["stats"]["AP"] > 0.999 and out["per_category"]["cat"] == out["stats"]["AP"]  # eps quirk: 1 - 2**-52
+    assert (
+        out["stats"]["AP"] > 0.999 and out["per_category"]["cat"] == out["stats"]["AP"]
+    )  # eps quirk: 1 - 2**-52
     (tmp_path / "bad.json").write_text(json.dumps([det(score=None)]))
-    assert main(["coco", "--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "bad.json"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "coco",
+                "--gt",
+                str(tmp_path / "gt.json"),
+                "--dt",
+                str(tmp_path / "bad.json"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "result #0" in capsys.readouterr().err
 
 
 def test_cli_module_entry_point(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "evaluation", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "evaluation", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "coco" in r.stdout and "cityscapes" in r.stdout

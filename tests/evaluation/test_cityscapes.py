@@ -13,7 +13,9 @@ from evaluation.cityscapes import LABELS, CityscapesEvaluator, evaluate_dirs, fi
 from tests.evaluation.oracles import cityscapes_eval
 
 pytest.importorskip("cityscapesscripts")
-TRAIN_IDS = np.array([lb.train_id if lb.train_id != -1 else 255 for lb in LABELS if lb.id >= 0], dtype=np.uint8)
+TRAIN_IDS = np.array(
+    [lb.train_id if lb.train_id != -1 else 255 for lb in LABELS if lb.id >= 0], dtype=np.uint8
+)
 
 
 def synthetic_frame(rng: np.random.Generator, h: int = 96, w: int = 160):
@@ -24,7 +26,7 @@ def synthetic_frame(rng: np.random.Generator, h: int = 96, w: int = 160):
         lab = int(rng.choice([7, 8, 11, 21, 23, 17, 24, 25, 26, 27, 28, 29, 31, 33, 4, 9, 0]))
         y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
         hh, ww = int(rng.integers(4, h // 2)), int(rng.integers(4, w // 2))
-        gt[y:y + hh, x:x + ww] = lab
+        gt[y : y + hh, x : x + ww] = lab
     inst[:] = gt
     k = 0
     for lab in (24, 25, 26, 27, 28, 29, 31, 33):
@@ -61,8 +63,12 @@ def assert_same(ours: dict, ref: dict) -> None:
         for name, v in ref[key].items():
             o = ours[key][name]
             assert (math.isnan(o) and math.isnan(v)) or o == v, f"{key}[{name}]: {o!r} != {v!r}"
-    for key in ("averageScoreClasses", "averageScoreInstClasses", "averageScoreCategories",
-                "averageScoreInstCategories"):
+    for key in (
+        "averageScoreClasses",
+        "averageScoreInstClasses",
+        "averageScoreCategories",
+        "averageScoreInstCategories",
+    ):
         assert ours[key] == ref[key] or (math.isnan(ours[key]) and math.isnan(ref[key])), key
     assert ours["confMatrix"] == ref["confMatrix"]
 
@@ -71,16 +77,23 @@ def test_synthetic_frames_labelids_and_trainids(tmp_path):
     rng = np.random.default_rng(0)
     frames = [synthetic_frame(rng) for _ in range(6)]
     paths = write_frames(tmp_path, frames)
-    ref = cityscapes_eval([p for p, _ in sorted(paths, key=lambda x: str(x[1]))],
-                          [g for _, g in sorted(paths, key=lambda x: str(x[1]))], tmp_path)
-    ours = evaluate_dirs(tmp_path / "gtFine", tmp_path / "pred", device="cpu", progress=False, workers=2)
+    ref = cityscapes_eval(
+        [p for p, _ in sorted(paths, key=lambda x: str(x[1]))],
+        [g for _, g in sorted(paths, key=lambda x: str(x[1]))],
+        tmp_path,
+    )
+    ours = evaluate_dirs(
+        tmp_path / "gtFine", tmp_path / "pred", device="cpu", progress=False, workers=2
+    )
     assert_same(ours, ref)
     assert not math.isnan(ours["averageScoreInstClasses"])
     # the same frames through the streaming API with trainId predictions (void predictions -> unlabeled)
     ev = CityscapesEvaluator(pred_ids="train", device="cpu")
-    for (pred, gt, inst), (p, g) in sorted(zip(frames, paths), key=lambda x: str(x[1][1])):
+    for (_pred, gt, inst), (p, _g) in sorted(zip(frames, paths), key=lambda x: str(x[1][1])):
         ev.process(TRAIN_IDS[np.array(Image.open(p))], gt, inst)
-    ref_t = cityscapes_eval(*_trainid_roundtrip(tmp_path, sorted(paths, key=lambda x: str(x[1]))), tmp_path)
+    ref_t = cityscapes_eval(
+        *_trainid_roundtrip(tmp_path, sorted(paths, key=lambda x: str(x[1]))), tmp_path
+    )
     assert_same(ev.evaluate(), ref_t)
 
 
@@ -109,8 +122,11 @@ def test_real_frame(shared_data, tmp_path):
     pdir = tmp_path / "pred"
     pdir.mkdir()
     Image.fromarray(pred).save(pdir / "frankfurt_000000_000294_leftImg8bit.png")
-    ref = cityscapes_eval([pdir / "frankfurt_000000_000294_leftImg8bit.png"], [next(gt_dir.rglob("*_labelIds.png"))],
-                          tmp_path)
+    ref = cityscapes_eval(
+        [pdir / "frankfurt_000000_000294_leftImg8bit.png"],
+        [next(gt_dir.rglob("*_labelIds.png"))],
+        tmp_path,
+    )
     assert_same(evaluate_dirs(gt_dir, pdir, device="cpu", progress=False), ref)
 
 

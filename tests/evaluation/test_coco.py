@@ -19,8 +19,10 @@ pytest.importorskip("pycocotools")
 def coco_gt(shared_data) -> dict:
     """coco_tiny val GT plus two images without annotations (one gets detections, one none)."""
     gt = json.loads((shared_data / "coco_tiny/annotations/instances_val2017.json").read_text())
-    gt["images"] += [{"id": 900001, "height": 300, "width": 400, "file_name": "x.jpg"},
-                     {"id": 900002, "height": 200, "width": 200, "file_name": "y.jpg"}]
+    gt["images"] += [
+        {"id": 900001, "height": 300, "width": 400, "file_name": "x.jpg"},
+        {"id": 900002, "height": 200, "width": 200, "file_name": "y.jpg"},
+    ]
     return gt
 
 
@@ -35,15 +37,28 @@ def jittered_dets(gt: dict, seed: int, copies: int = 3) -> list[dict]:
         if a["image_id"] == skip_img:
             continue
         for _ in range(copies):
-            b = np.asarray(a["bbox"], dtype=np.float64) + rng.normal(0, 0.08, 4) * (np.sqrt(a["area"]) + 1)
+            b = np.asarray(a["bbox"], dtype=np.float64) + rng.normal(0, 0.08, 4) * (
+                np.sqrt(a["area"]) + 1
+            )
             b[2:] = np.abs(b[2:])
             cat = a["category_id"] if rng.random() > 0.15 else int(rng.choice(cat_ids))
-            dets.append({"image_id": a["image_id"], "category_id": cat, "bbox": [round(float(v), 1) for v in b],
-                         "score": round(float(rng.random()), 1)})
+            dets.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": cat,
+                    "bbox": [round(float(v), 1) for v in b],
+                    "score": round(float(rng.random()), 1),
+                }
+            )
     for _ in range(20):
-        dets.append({"image_id": 900001, "category_id": int(rng.choice(cat_ids)),
-                     "bbox": [float(rng.uniform(0, 200)), float(rng.uniform(0, 100)), 30.0, 40.0],
-                     "score": round(float(rng.random()), 1)})
+        dets.append(
+            {
+                "image_id": 900001,
+                "category_id": int(rng.choice(cat_ids)),
+                "bbox": [float(rng.uniform(0, 200)), float(rng.uniform(0, 100)), 30.0, 40.0],
+                "score": round(float(rng.random()), 1),
+            }
+        )
     rng.shuffle(dets)
     return dets
 
@@ -59,10 +74,20 @@ def assert_equal_to_oracle(gt, dets, iou_type="bbox", device="cpu", **kw):
 
 def test_gt_as_detections(coco_gt, device):
     rng = np.random.default_rng(1)
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-             "score": round(float(rng.random()), 1)} for a in coco_gt["annotations"] if not a["iscrowd"]]
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": round(float(rng.random()), 1),
+        }
+        for a in coco_gt["annotations"]
+        if not a["iscrowd"]
+    ]
     ours, _ = assert_equal_to_oracle(coco_gt, dets, device=device)
-    assert ours["stats"][1] > 0.99  # sanity: perfect boxes (the exact figure comes from the oracle above)
+    assert (
+        ours["stats"][1] > 0.99
+    )  # sanity: perfect boxes (the exact figure comes from the oracle above)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -79,10 +104,18 @@ def test_more_than_100_detections_per_cell_and_custom_max_dets(coco_gt, device):
     a = next(x for x in coco_gt["annotations"] if not x["iscrowd"])
     rng = np.random.default_rng(3)
     for _ in range(150):  # one (image, category) cell with > 100 detections
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                     "bbox": [float(v + rng.normal(0, 2)) for v in a["bbox"]], "score": round(float(rng.random()), 2)})
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [float(v + rng.normal(0, 2)) for v in a["bbox"]],
+                "score": round(float(rng.random()), 2),
+            }
+        )
     assert_equal_to_oracle(coco_gt, dets, device=device)
-    assert_equal_to_oracle(coco_gt, dets, device=device, max_dets=(1, 10, 50))  # stats[0] = -1 quirk
+    assert_equal_to_oracle(
+        coco_gt, dets, device=device, max_dets=(1, 10, 50)
+    )  # stats[0] = -1 quirk
 
 
 def test_use_cats_false(coco_gt, device):
@@ -96,19 +129,51 @@ def test_no_detections(coco_gt):
 
 def test_quirks_equal_iou_ties_area_boundary_and_id_zero(device):
     """Last equal-IoU GT wins, area exactly 32**2 is small and medium, GT id 0 never counts as matched."""
-    gt = {"images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100}],
-          "categories": [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}],
-          "annotations": [
-              {"id": 10, "image_id": 1, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 1024.0, "iscrowd": 0},
-              {"id": 11, "image_id": 1, "category_id": 3, "bbox": [10, 0, 20, 20], "area": 400.0, "iscrowd": 0},
-              {"id": 0, "image_id": 2, "category_id": 5, "bbox": [5, 5, 40, 40], "area": 1600.0, "iscrowd": 0},
-              {"id": 12, "image_id": 2, "category_id": 5, "bbox": [50, 50, 40, 40], "area": 1600.0, "iscrowd": 1},
-          ]}
-    dets = [{"image_id": 1, "category_id": 3, "bbox": [5, 0, 20, 20], "score": 0.9},
-            {"image_id": 1, "category_id": 3, "bbox": [5, 0, 20, 20], "score": 0.9},
-            {"image_id": 2, "category_id": 5, "bbox": [5, 5, 40, 40], "score": 0.8},
-            {"image_id": 2, "category_id": 5, "bbox": [55, 55, 20, 20], "score": 0.7},
-            {"image_id": 2, "category_id": 5, "bbox": [60, 60, 20, 20], "score": 0.7}]
+    gt = {
+        "images": [{"id": 1, "height": 100, "width": 100}, {"id": 2, "height": 100, "width": 100}],
+        "categories": [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}],
+        "annotations": [
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [0, 0, 20, 20],
+                "area": 1024.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [10, 0, 20, 20],
+                "area": 400.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 0,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [5, 5, 40, 40],
+                "area": 1600.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 12,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [50, 50, 40, 40],
+                "area": 1600.0,
+                "iscrowd": 1,
+            },
+        ],
+    }
+    dets = [
+        {"image_id": 1, "category_id": 3, "bbox": [5, 0, 20, 20], "score": 0.9},
+        {"image_id": 1, "category_id": 3, "bbox": [5, 0, 20, 20], "score": 0.9},
+        {"image_id": 2, "category_id": 5, "bbox": [5, 5, 40, 40], "score": 0.8},
+        {"image_id": 2, "category_id": 5, "bbox": [55, 55, 20, 20], "score": 0.7},
+        {"image_id": 2, "category_id": 5, "bbox": [60, 60, 20, 20], "score": 0.7},
+    ]
     assert_equal_to_oracle(gt, dets, device=device)
 
 
@@ -120,7 +185,11 @@ def test_segm_jittered_masks(coco_gt, device):
     coco.dataset = copy.deepcopy(coco_gt)
     coco.createIndex()
     rng = np.random.default_rng(5)
-    anns = [a for a in coco_gt["annotations"] if a["image_id"] in {im["id"] for im in coco_gt["images"][:30]}]
+    anns = [
+        a
+        for a in coco_gt["annotations"]
+        if a["image_id"] in {im["id"] for im in coco_gt["images"][:30]}
+    ]
     dets = []
     for a in anns:
         m = mask_utils.decode(coco.annToRLE(a))
@@ -129,11 +198,19 @@ def test_segm_jittered_masks(coco_gt, device):
             rle = mask_utils.encode(np.asfortranarray(mm))
             rle["counts"] = rle["counts"].decode()
             cat = a["category_id"] if rng.random() > 0.1 else coco_gt["categories"][0]["id"]
-            dets.append({"image_id": a["image_id"], "category_id": cat, "segmentation": rle,
-                         "score": round(float(rng.random()), 1)})
+            dets.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": cat,
+                    "segmentation": rle,
+                    "score": round(float(rng.random()), 1),
+                }
+            )
     assert_equal_to_oracle(coco_gt, dets, iou_type="segm", device=device)
     # results carrying a bbox: pycocotools then uses the box area for the area ranges
-    with_box = [dict(d, bbox=[float(v) for v in mask_utils.toBbox(d["segmentation"])]) for d in dets]
+    with_box = [
+        dict(d, bbox=[float(v) for v in mask_utils.toBbox(d["segmentation"])]) for d in dets
+    ]
     assert_equal_to_oracle(coco_gt, with_box, iou_type="segm", device=device)
 
 
@@ -147,8 +224,11 @@ def test_evaluator_streaming_matches_results_json(coco_gt, device):
     for img_id, ds in by_img.items():
         xywh = torch.tensor([d["bbox"] for d in ds], dtype=torch.float32)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-        out = {"boxes": boxes, "scores": torch.tensor([d["score"] for d in ds], dtype=torch.float32),
-               "labels": torch.tensor([cat_ids.index(d["category_id"]) for d in ds])}
+        out = {
+            "boxes": boxes,
+            "scores": torch.tensor([d["score"] for d in ds], dtype=torch.float32),
+            "labels": torch.tensor([cat_ids.index(d["category_id"]) for d in ds]),
+        }
         ev.process([{"image_id": img_id}], [out])
     res = ev.evaluate()
     records = ev.results()
@@ -164,5 +244,37 @@ def test_format_stats_table():
     text = format_stats([0.5] * 12)
     lines = text.splitlines()
     assert len(lines) == 12
-    assert lines[0] == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500"
-    assert lines[11].startswith(" Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]")
+    assert (
+        lines[0]
+        == " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500"
+    )
+    assert lines[11].startswith(
+        " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]"
+    )
+
+
+def test_evaluator_segm_masks(coco_gt, device):
+    """Streaming segm: masks (N, H, W) -> RLE records; equal to pycocotools on ``results()``."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = copy.deepcopy(coco_gt)
+    coco.createIndex()
+    rng = np.random.default_rng(9)
+    ev = COCOEvaluator(coco_gt, iou_type="segm", device=device)
+    for im in coco_gt["images"][:12]:
+        anns = [a for a in coco_gt["annotations"] if a["image_id"] == im["id"]]
+        if not anns:
+            continue
+        masks = np.stack([np.roll(mask_utils.decode(coco.annToRLE(a)), int(rng.integers(-3, 4)), 1) for a in anns])
+        out = {
+            "boxes": torch.zeros(len(anns), 4),
+            "scores": torch.tensor([round(float(rng.random()), 1) for _ in anns]),
+            "labels": torch.tensor([a["category_id"] for a in anns]),
+            "masks": torch.from_numpy(masks).float() * 0.9,  # probabilities, thresholded at 0.5
+        }
+        ev.process([{"image_id": im["id"]}], [out])
+    res = ev.evaluate()
+    ref = coco_eval(coco_gt, ev.results(), "segm")
+    assert res["stats"] == [float(v) for v in ref.stats]

@@ -20,8 +20,14 @@ def _outputs(gt: dict):
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
         xywh = xywh + torch.randn(xywh.shape, generator=g, dtype=torch.float64)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:].abs()], 1)
-        yield im["id"], {"boxes": boxes, "scores": torch.rand(len(anns), generator=g),
-                         "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.long)}
+        yield (
+            im["id"],
+            {
+                "boxes": boxes,
+                "scores": torch.rand(len(anns), generator=g),
+                "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.long),
+            },
+        )
 
 
 def _worker(rank: int, world: int, init: str, gt: dict, out_path: str) -> None:
@@ -44,7 +50,9 @@ def _worker(rank: int, world: int, init: str, gt: dict, out_path: str) -> None:
 @pytest.mark.slow
 def test_two_ranks_equal_single_process(shared_data, tmp_path):
     gt = json.loads((shared_data / "coco_tiny/annotations/instances_val2017.json").read_text())
-    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'store'}", gt, str(tmp_path / "out.json")), nprocs=2)
+    mp.spawn(
+        _worker, args=(2, f"file://{tmp_path / 'store'}", gt, str(tmp_path / "out.json")), nprocs=2
+    )
     got = json.loads((tmp_path / "out.json").read_text())
     ev = COCOEvaluator(gt, device="cpu")
     seg = SemSegEvaluator(3, 255, device="cpu")

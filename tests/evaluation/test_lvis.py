@@ -40,15 +40,33 @@ def federated_dets(gt: dict, seed: int, per_ann: int = 3, flood_image: bool = Tr
                 cat = int(rng.choice(im["not_exhaustive_category_ids"]))
             else:
                 cat = int(rng.choice(cat_ids))
-            dets.append({"image_id": a["image_id"], "category_id": cat, "bbox": [round(float(v), 1) for v in b],
-                         "score": round(float(rng.random()), 2)})
+            dets.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": cat,
+                    "bbox": [round(float(v), 1) for v in b],
+                    "score": round(float(rng.random()), 2),
+                }
+            )
     if flood_image:
         a = gt["annotations"][0]
         for _ in range(400):
-            dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                         "bbox": [float(v + rng.normal(0, 3)) for v in a["bbox"]], "score": round(float(rng.random()), 2)})
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": [1.0, 1.0, 0.0, 5.0],
-                     "score": 0.99})  # zero area: lvis-api drops it
+            dets.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "bbox": [float(v + rng.normal(0, 3)) for v in a["bbox"]],
+                    "score": round(float(rng.random()), 2),
+                }
+            )
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [1.0, 1.0, 0.0, 5.0],
+                "score": 0.99,
+            }
+        )  # zero area: lvis-api drops it
     rng.shuffle(dets)
     return dets
 
@@ -74,8 +92,15 @@ def test_v05_federated_bbox(lvis_gt, seed, device):
 
 def test_v05_gt_as_detections(lvis_gt, device):
     rng = np.random.default_rng(7)
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-             "score": round(float(rng.random()), 1)} for a in lvis_gt["annotations"]]
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": round(float(rng.random()), 1),
+        }
+        for a in lvis_gt["annotations"]
+    ]
     assert_equal_to_oracle(lvis_gt, dets, device=device)
 
 
@@ -95,28 +120,52 @@ def test_v05_segm(lvis_gt, device):
         m = np.roll(m, tuple(int(v) for v in rng.integers(-3, 4, 2)), (0, 1))
         rle = mask_utils.encode(np.asfortranarray(m))
         rle["counts"] = rle["counts"].decode()
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": rle,
-                     "score": round(float(rng.random()), 1)})
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "segmentation": rle,
+                "score": round(float(rng.random()), 1),
+            }
+        )
     assert_equal_to_oracle(gt, dets, "segm", device=device)
 
 
 def small_v1(seed: int) -> dict:
     """A LVIS v1-style file: coco_url instead of file_name, 3 frequency groups, neg / not-exhaustive lists."""
     rng = np.random.default_rng(seed)
-    cats = [{"id": i, "name": f"c{i}", "frequency": "rcf"[i % 3], "image_count": 1, "synset": f"s{i}"}
-            for i in range(1, 13)]
+    cats = [
+        {"id": i, "name": f"c{i}", "frequency": "rcf"[i % 3], "image_count": 1, "synset": f"s{i}"}
+        for i in range(1, 13)
+    ]
     images, anns = [], []
     for i in range(1, 21):
         present = sorted({int(c) for c in rng.choice(12, 3, replace=False) + 1})
         rest = [c["id"] for c in cats if c["id"] not in present]
-        images.append({"id": i, "height": 200, "width": 300, "coco_url": f"http://x/{i:012d}.jpg",
-                       "neg_category_ids": rest[:3], "not_exhaustive_category_ids": present[:1]})
+        images.append(
+            {
+                "id": i,
+                "height": 200,
+                "width": 300,
+                "coco_url": f"http://x/{i:012d}.jpg",
+                "neg_category_ids": rest[:3],
+                "not_exhaustive_category_ids": present[:1],
+            }
+        )
         for c in present:
             for _ in range(int(rng.integers(1, 4))):
                 x, y = float(rng.uniform(0, 250)), float(rng.uniform(0, 150))
                 bw, bh = float(rng.uniform(5, 50)), float(rng.uniform(5, 50))
-                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "bbox": [x, y, bw, bh],
-                             "area": bw * bh, "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i,
+                        "category_id": c,
+                        "bbox": [x, y, bw, bh],
+                        "area": bw * bh,
+                        "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]],
+                    }
+                )
     return {"images": images, "annotations": anns, "categories": cats}
 
 
@@ -130,9 +179,16 @@ def test_v1_json_and_streaming_evaluator(device):
     for img in {d["image_id"] for d in dets}:
         ds = [d for d in dets if d["image_id"] == img]
         xywh = torch.tensor([d["bbox"] for d in ds], dtype=torch.float64)
-        ev.process([{"image_id": img}], [{"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
-                                          "scores": torch.tensor([d["score"] for d in ds]),
-                                          "labels": torch.tensor([d["category_id"] for d in ds])}])
+        ev.process(
+            [{"image_id": img}],
+            [
+                {
+                    "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                    "scores": torch.tensor([d["score"] for d in ds]),
+                    "labels": torch.tensor([d["category_id"] for d in ds]),
+                }
+            ],
+        )
     out = ev.evaluate()
     ref = lvis_eval(gt, ev.results())
     assert out["results"] == {k: float(v) for k, v in ref.results.items()}

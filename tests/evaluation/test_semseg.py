@@ -27,8 +27,15 @@ for _lb in LABELS:
 def test_trainid_miou_equals_cityscapes_class_iou(tmp_path, device):
     """19-class trainId mIoU (ignore 255, NaN-skipping) == official labelId evaluation (reference §4.4)."""
     rng = np.random.default_rng(3)
-    ev = SemSegEvaluator(19, 255, [lb.name for lb in sorted((x for x in LABELS if 0 <= x.train_id < 255),
-                                                          key=lambda x: x.train_id)], device=device)
+    ev = SemSegEvaluator(
+        19,
+        255,
+        [
+            lb.name
+            for lb in sorted((x for x in LABELS if 0 <= x.train_id < 255), key=lambda x: x.train_id)
+        ],
+        device=device,
+    )
     preds, gts = [], []
     for i in range(4):
         _, gt, _ = synthetic_frame(rng)
@@ -77,7 +84,9 @@ def naive_ddpmseg(preds, gts, n_cls, ignore):
 
 def test_ddpmseg_mode_quirks(device):
     rng = np.random.default_rng(4)
-    gts = [rng.integers(0, 6, (32, 32)) for _ in range(3)]  # class 6 absent everywhere -> IoU 0, counted
+    gts = [
+        rng.integers(0, 6, (32, 32)) for _ in range(3)
+    ]  # class 6 absent everywhere -> IoU 0, counted
     preds = [np.where(rng.random((32, 32)) < 0.7, g, rng.integers(0, 6, (32, 32))) for g in gts]
     out = ddpmseg_miou(preds, gts, num_classes=7, ignore_index=0)
     assert out["miou"] == naive_ddpmseg(preds, gts, 7, 0)
@@ -101,10 +110,14 @@ def test_camvid_style_k_classes(shared_data, device):
     rng = np.random.default_rng(5)
     for line in lines:
         lab = np.array(Image.open(shared_data / "camvid" / line.split()[1]))
-        pred = np.where(rng.random(lab.shape) < 0.8, np.minimum(lab, 10), rng.integers(0, 11, lab.shape))
+        pred = np.where(
+            rng.random(lab.shape) < 0.8, np.minimum(lab, 10), rng.integers(0, 11, lab.shape)
+        )
         ev.process(pred, lab)
         m = lab != 11
-        total += torch.from_numpy(np.bincount(lab[m].astype(np.int64) * 11 + pred[m], minlength=121).reshape(11, 11))
+        total += torch.from_numpy(
+            np.bincount(lab[m].astype(np.int64) * 11 + pred[m], minlength=121).reshape(11, 11)
+        )
     out = ev.evaluate()
     assert torch.equal(out["confusion"], total)
     assert 0.0 < out["miou"] < 1.0

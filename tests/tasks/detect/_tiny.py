@@ -14,7 +14,7 @@ TINY_MODEL = [
 ]  # fmt: skip
 TINY_DATA = [
     "data.min_size_train=[64]", "data.max_size_train=96", "data.crop_enabled=false", "data.min_size_test=64",
-    "data.max_size_test=96", "data.num_workers=0",
+    "data.max_size_test=96", "data.num_workers=0", "data.synthetic=false",
 ]  # fmt: skip
 TINY_SOLVER = [
     "solver.batch_size=2", "solver.base_lr=1e-4", "solver.warmup_iters=2", "solver.steps=[3]",

@@ -74,8 +74,8 @@ def test_head_is_permutation_equivariant_over_proposals() -> None:
     perm = torch.randperm(7, generator=g)
     logits, out = head(_features(1), boxes, torch.tensor([500]))
     logits_p, out_p = head(_features(1), boxes[:, perm], torch.tensor([500]))
-    torch.testing.assert_close(logits_p, logits[:, :, perm], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out_p, out[:, :, perm], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(logits_p, logits[:, :, perm], atol=1e-4, rtol=1e-4)  # float reorderings
+    torch.testing.assert_close(out_p, out[:, :, perm], atol=1e-3, rtol=1e-4)
 
 
 def test_level_assignment_matches_formula() -> None:
