@@ -142,10 +142,9 @@ def frame_stats(
         )
     _check_range(gt, 0, NUM_IDS - 1, f"{name}: GT holds an unknown labelId")
     _check_range(pred, 0, NUM_IDS - 1, f"{name}: prediction outside labelIds 0..33")
+    # int32 codes built in place: several times faster than int64 arithmetic on the CPU
     p = pred.reshape(-1).to(torch.int32)
-    code = (
-        gt.reshape(-1).to(torch.int32) * NUM_IDS + p
-    )  # int32 bincount is ~4x faster than int64 on CPU
+    code = gt.reshape(-1).to(torch.int32, copy=True).mul_(NUM_IDS).add_(p)
     conf = torch.bincount(code, minlength=NUM_IDS * NUM_IDS).view(NUM_IDS, NUM_IDS)
     if inst is None:
         return conf, None
@@ -153,21 +152,22 @@ def frame_stats(
         raise ValueError(
             f"{name}: instance map size {tuple(inst.shape)} != GT size {tuple(gt.shape)}"
         )
-    ins = inst.reshape(-1).to(torch.int32)
-    n_ids = int(ins.max()) + 1
+    code = inst.reshape(-1).to(torch.int32, copy=True)  # (PNG instance maps are uint16)
+    n_ids = int(code.max()) + 1
     if n_ids <= 1001:
         return conf, torch.zeros((0, 4), dtype=torch.long)
     if n_ids > NUM_IDS * 1000:
         raise ValueError(f"{name}: instance id {n_ids - 1} has unknown labelId")
-    hist = torch.bincount(ins * NUM_IDS + p, minlength=n_ids * NUM_IDS).view(n_ids, NUM_IDS)
+    code.mul_(NUM_IDS).add_(p)
+    hist = torch.bincount(code, minlength=n_ids * NUM_IDS).view(n_ids, NUM_IDS)
     sizes = hist.sum(1)
     ids = torch.nonzero(sizes[1001:]).squeeze(1) + 1001
     label = ids // 1000
-    ignored = torch.tensor([ID2LABEL[i].ignore_in_eval for i in range(NUM_IDS)], device=ins.device)
+    ignored = torch.tensor([ID2LABEL[i].ignore_in_eval for i in range(NUM_IDS)], device=code.device)
     keep = ~ignored[label]
     ids, label = ids[keep], label[keep]
     rows = hist[ids]
-    cat_of, member = _inst_tables(ins.device)
+    cat_of, member = _inst_tables(code.device)
     tp = rows.gather(1, label[:, None]).squeeze(1)
     cat_idx = cat_of[label]
     cat_tp = (rows * member[cat_idx.clamp(min=0)]).sum(1)
@@ -289,7 +289,9 @@ class CityscapesEvaluator:
         name = name or f"frame #{self.num_frames}"
 
         def to(x: Any) -> torch.Tensor:
-            return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(self.device)
+            return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(
+                self.device
+            )
 
         p = to(pred)
         if self.pred_ids == "train":

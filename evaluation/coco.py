@@ -130,13 +130,7 @@ def _run(
     if not use_cats:  # pool categories: ties then break by (category, input order)
         gperm = torch.sort(gtt.cat, stable=True).indices
         dperm = torch.sort(dtt.cat, stable=True).indices
-        gtt = engine.GtTable(
-            *(
-                getattr(gtt, f)[gperm]
-                for f in ("img", "cat", "area", "ignore", "crowd", "id_nonzero")
-            )
-        )
-        dtt = engine.DtTable(dtt.img[dperm], dtt.cat[dperm], dtt.score[dperm], dtt.area[dperm])
+        gtt, dtt = gtt.subset(gperm), dtt.subset(dperm)
         inner = pair_iou
         pair_iou = lambda di, gi: inner(dperm[di], gperm[gi])  # noqa: E731
         gtt.cat = torch.zeros_like(gtt.cat)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -67,6 +67,10 @@ class GtTable:
     crowd: torch.Tensor
     id_nonzero: torch.Tensor
 
+    def subset(self, idx: torch.Tensor) -> GtTable:
+        """Rows ``idx`` (in that order)."""
+        return GtTable(*(getattr(self, f.name)[idx] for f in fields(self)))
+
 
 @dataclass
 class DtTable:
@@ -84,6 +88,12 @@ class DtTable:
     score: torch.Tensor
     area: torch.Tensor
     ignore_unmatched: torch.Tensor | None = None
+
+    def subset(self, idx: torch.Tensor) -> DtTable:
+        """Rows ``idx`` (in that order)."""
+        return DtTable(
+            *(None if (v := getattr(self, f.name)) is None else v[idx] for f in fields(self))
+        )
 
 
 @dataclass
@@ -188,6 +198,33 @@ def _bucket_of(g_count: torch.Tensor) -> torch.Tensor:
         lim *= 4
 
 
+@dataclass
+class _Candidates:
+    """Detections that reach the lowest IoU threshold with some GT of their cell, grouped by cell.
+
+    ``cell``/``rank``: per candidate, its cell index and rank inside the cell (score order); ``g0``/``g_cnt``/
+    ``j_cnt``: per cell, position of its first GT in ``gt_order``, number of GTs, number of candidates;
+    ``p_cand``/``p_q``/``p_iou``: per (candidate, GT) pair, candidate position, GT position in the cell, IoU.
+    """
+
+    cell: torch.Tensor
+    rank: torch.Tensor
+    g0: torch.Tensor
+    g_cnt: torch.Tensor
+    j_cnt: torch.Tensor
+    p_cand: torch.Tensor
+    p_q: torch.Tensor
+    p_iou: torch.Tensor
+
+
+@dataclass
+class _GtContext:
+    order: torch.Tensor  # GT indices sorted by cell (file order inside a cell)
+    ign: torch.Tensor  # (A, G) ignore per area range
+    crowd: torch.Tensor  # (G,)
+    thrs: torch.Tensor  # (T,) effective thresholds min(t, 1 - 1e-10)
+
+
 def match(
     gt: GtTable,
     dt: DtTable,
@@ -206,53 +243,33 @@ def match(
     """
     dev = order.device
     det = order[keep]
-    n = det.numel()
-    a, t = area_rngs.shape[0], iou_thrs.numel()
-    gt_ign = _gt_ignore_per_area(gt, area_rngs)  # (A, G)
-    gt_order = torch.sort(gt.img * num_cats + gt.cat, stable=True).indices
-    gt_cell = (gt.img * num_cats + gt.cat)[gt_order]
+    n, a, t = det.numel(), area_rngs.shape[0], iou_thrs.numel()
+    gt_cell_all = gt.img * num_cats + gt.cat
+    ctx = _GtContext(
+        order=torch.sort(gt_cell_all, stable=True).indices,
+        ign=_gt_ignore_per_area(gt, area_rngs),
+        crowd=gt.crowd,
+        thrs=torch.clamp(iou_thrs, max=1 - 1e-10),
+    )
+    gt_cell = gt_cell_all[ctx.order]
     det_cell = dt.img[det] * num_cats + dt.cat[det]
     g_start = torch.searchsorted(gt_cell, det_cell, right=False)
     g_cnt = torch.searchsorted(gt_cell, det_cell, right=True) - g_start
     tp = torch.zeros((n, a, t), dtype=torch.bool, device=dev)
     ig = torch.zeros((n, a, t), dtype=torch.bool, device=dev)
-    has = torch.nonzero(g_cnt > 0).squeeze(1)
-    if has.numel():
-        cnt = g_cnt[has]
-        pair_det = torch.repeat_interleave(has, cnt)
-        offs = torch.cumsum(cnt, 0) - cnt
-        pair_q = torch.arange(int(cnt.sum()), device=dev) - torch.repeat_interleave(offs, cnt)
-        pair_gt = gt_order[g_start[pair_det] + pair_q]
-        ious = pair_iou(det[pair_det], pair_gt)
-        thr_eff = torch.clamp(iou_thrs, max=1 - 1e-10)
-        best = torch.full((n,), -2.0, dtype=torch.float64, device=dev)
-        best.scatter_reduce_(0, pair_det, ious, reduce="amax")
-        cidx = torch.nonzero(best >= thr_eff.min()).squeeze(
-            1
-        )  # detections that can match somewhere
-        if cidx.numel():
-            sel = _match_candidates(
-                cidx,
-                det_cell,
-                g_start,
-                g_cnt,
-                pair_det,
-                pair_q,
-                ious,
-                gt_order,
-                gt_ign,
-                gt.crowd,
-                thr_eff,
-            )  # (C, A, T) global GT index or -1
-            hit = sel >= 0
-            gsel = sel.clamp(min=0)
-            tp[cidx] = hit & gt.id_nonzero[gsel]
-            g_ign = (
-                gt_ign.gather(1, gsel.permute(1, 0, 2).reshape(a, -1))
-                .reshape(a, -1, t)
-                .permute(1, 0, 2)
-            )
-            ig[cidx] = hit & g_ign
+    cand_idx, cands = _candidates(det, det_cell, g_start, g_cnt, ctx, pair_iou)
+    if cand_idx.numel():
+        sel = torch.full((cand_idx.numel(), a, t), -1, dtype=torch.long, device=dev)
+        bucket = _bucket_of(cands.g_cnt)
+        for b in torch.unique(bucket).tolist():
+            cells = torch.nonzero(bucket == b).squeeze(1)
+            cells = cells[torch.sort(cands.j_cnt[cells], descending=True, stable=True).indices]
+            _run_bucket(cells, cands, ctx, sel)
+        hit = sel >= 0
+        gsel = sel.clamp(min=0)  # (C, A, T) global GT index
+        tp[cand_idx] = hit & gt.id_nonzero[gsel]
+        g_ign = ctx.ign.gather(1, gsel.permute(1, 0, 2).reshape(a, -1)).reshape(a, -1, t)
+        ig[cand_idx] = hit & g_ign.permute(1, 0, 2)
     lo, hi = area_rngs[:, 0], area_rngs[:, 1]
     d_area = dt.area[det]
     out_rng = (d_area[:, None] < lo[None, :]) | (d_area[:, None] > hi[None, :])  # (N, A)
@@ -262,99 +279,78 @@ def match(
     return tp, ig
 
 
-def _match_candidates(
-    cidx, det_cell, g_start, g_cnt, pair_det, pair_q, ious, gt_order, gt_ign, gt_crowd, thr_eff
-) -> torch.Tensor:
-    """Bucket the cells of the candidate detections ``cidx`` and run the greedy matcher.
-
-    Returns:
-        (len(cidx), A, T) int64 global GT index matched by each candidate, -1 when unmatched.
-    """
-    dev = det_cell.device
-    cseg, crank = _segment_starts(det_cell[cidx])  # candidate rank within its cell (score order)
-    n_cells = int(cseg[-1]) + 1
+def _candidates(
+    det: torch.Tensor,
+    det_cell: torch.Tensor,
+    g_start: torch.Tensor,
+    g_cnt: torch.Tensor,
+    ctx: _GtContext,
+    pair_iou: PairIoU,
+) -> tuple[torch.Tensor, _Candidates | None]:
+    """IoUs of all (detection, GT) pairs in shared cells; keep the detections that can match at all."""
+    dev = det.device
+    has = torch.nonzero(g_cnt > 0).squeeze(1)
+    empty = torch.zeros(0, dtype=torch.long, device=dev)
+    if has.numel() == 0:
+        return empty, None
+    cnt = g_cnt[has]
+    pair_det = torch.repeat_interleave(has, cnt)
+    offs = torch.cumsum(cnt, 0) - cnt
+    pair_q = torch.arange(int(cnt.sum()), device=dev) - torch.repeat_interleave(offs, cnt)
+    ious = pair_iou(det[pair_det], ctx.order[g_start[pair_det] + pair_q])
+    best = torch.full((det.numel(),), -2.0, dtype=torch.float64, device=dev)
+    best.scatter_reduce_(0, pair_det, ious, reduce="amax")
+    cidx = torch.nonzero(best >= ctx.thrs.min()).squeeze(1)
+    if cidx.numel() == 0:
+        return empty, None
+    cell, rank = _segment_starts(det_cell[cidx])
+    n_cells = int(cell[-1]) + 1
     first = torch.full((n_cells,), -1, dtype=torch.long, device=dev)
-    first.scatter_reduce_(0, cseg, cidx, reduce="amin", include_self=False)
-    cell_g0, cell_g = g_start[first], g_cnt[first]
-    cell_j = torch.bincount(cseg, minlength=n_cells)
-    pos_of = torch.full((det_cell.numel(),), -1, dtype=torch.long, device=dev)
+    first.scatter_reduce_(0, cell, cidx, reduce="amin", include_self=False)
+    pos_of = torch.full((det.numel(),), -1, dtype=torch.long, device=dev)
     pos_of[cidx] = torch.arange(cidx.numel(), device=dev)
     pmask = pos_of[pair_det] >= 0
-    p_c = pos_of[pair_det[pmask]]  # candidate position per pair
-    p_q, p_iou = pair_q[pmask], ious[pmask]
-    sel = torch.full(
-        (cidx.numel(), gt_ign.shape[0], thr_eff.numel()), -1, dtype=torch.long, device=dev
+    cands = _Candidates(
+        cell=cell,
+        rank=rank,
+        g0=g_start[first],
+        g_cnt=g_cnt[first],
+        j_cnt=torch.bincount(cell, minlength=n_cells),
+        p_cand=pos_of[pair_det[pmask]],
+        p_q=pair_q[pmask],
+        p_iou=ious[pmask],
     )
-    bucket = _bucket_of(cell_g)
-    for b in torch.unique(bucket).tolist():
-        cells = torch.nonzero(bucket == b).squeeze(1)
-        cells = cells[torch.sort(cell_j[cells], descending=True, stable=True).indices]
-        _run_bucket(
-            cells,
-            cseg,
-            crank,
-            p_c,
-            p_q,
-            p_iou,
-            cell_g0,
-            cell_g,
-            cell_j,
-            gt_order,
-            gt_ign,
-            gt_crowd,
-            thr_eff,
-            sel,
-        )
-    return sel
+    return cidx, cands
 
 
 def _run_bucket(
-    cells,
-    cseg,
-    crank,
-    p_c,
-    p_q,
-    p_iou,
-    cell_g0,
-    cell_g,
-    cell_j,
-    gt_order,
-    gt_ign,
-    gt_crowd,
-    thr_eff,
-    sel_out,
+    cells: torch.Tensor, cands: _Candidates, ctx: _GtContext, sel_out: torch.Tensor
 ) -> None:
-    """Pad one bucket of cells to (cells, candidates, G), match, and write global GT indices to sel_out."""
+    """Pad a bucket of cells to (cells, candidates, G), match, write global GT indices into ``sel_out``."""
     dev = cells.device
     nb = cells.numel()
-    g_max, j_max = int(cell_g[cells].max()), int(cell_j[cells].max())
-    local = torch.full((cell_j.numel(),), -1, dtype=torch.long, device=dev)
+    g_cnt, j_cnt = cands.g_cnt[cells], cands.j_cnt[cells]
+    g_max, j_max = int(g_cnt.max()), int(j_cnt.max())
+    local = torch.full((cands.j_cnt.numel(),), -1, dtype=torch.long, device=dev)
     local[cells] = torch.arange(nb, device=dev)
-    # pairs of this bucket
-    p_loc = local[cseg[p_c]]
-    keep = p_loc >= 0
+    p_loc = local[cands.cell[cands.p_cand]]
+    mine_p = p_loc >= 0
     iou = torch.full((nb, j_max, g_max), -1.0, dtype=torch.float64, device=dev)
-    iou[p_loc[keep], crank[p_c[keep]], p_q[keep]] = p_iou[keep]
+    iou[p_loc[mine_p], cands.rank[cands.p_cand[mine_p]], cands.p_q[mine_p]] = cands.p_iou[mine_p]
     q = torch.arange(g_max, device=dev)
-    valid = q[None, :] < cell_g[cells][:, None]  # (nb, G)
-    gidx = torch.where(
-        valid, gt_order[(cell_g0[cells][:, None] + q[None, :]).clamp(max=gt_order.numel() - 1)], 0
-    )
-    ign = gt_ign[:, gidx].permute(1, 0, 2)  # (nb, A, G)
-    crowd = gt_crowd[gidx] & valid
-    counts = cell_j[cells]
-    n_active = [
-        int(v) for v in (counts[None, :] > torch.arange(j_max, device=dev)[:, None]).sum(1).tolist()
-    ]
-    sel = _greedy_match_bucket(iou, n_active, ign, crowd, thr_eff)  # (nb, J, A, T)
-    del iou
-    c_loc = local[cseg]
+    valid = q[None, :] < g_cnt[:, None]  # (nb, G)
+    slot = (cands.g0[cells][:, None] + q[None, :]).clamp(max=ctx.order.numel() - 1)
+    gidx = torch.where(valid, ctx.order[slot], 0)  # (nb, G) global GT index
+    ign = ctx.ign[:, gidx].permute(1, 0, 2)  # (nb, A, G)
+    crowd = ctx.crowd[gidx] & valid
+    steps = torch.arange(j_max, device=dev)[:, None]
+    n_active = (j_cnt[None, :] > steps).sum(1).tolist()
+    sel = _greedy_match_bucket(iou, n_active, ign, crowd, ctx.thrs)  # (nb, J, A, T)
+    c_loc = local[cands.cell]
     mine = torch.nonzero(c_loc >= 0).squeeze(1)
-    s = sel[c_loc[mine], crank[mine]]  # (m, A, T)
-    g_glob = torch.where(
-        s >= 0, gidx[c_loc[mine]].gather(1, s.clamp(min=0).flatten(1)).view_as(s), -1
-    )
-    sel_out[mine] = g_glob
+    s = sel[c_loc[mine], cands.rank[mine]]  # (m, A, T) index inside the cell
+    g_glob = gidx[c_loc[mine]].gather(1, s.clamp(min=0).flatten(1)).view_as(s)
+    sel_out[mine] = torch.where(s >= 0, g_glob, -1)
 
 
 def _segmented_suffix_max(values: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:

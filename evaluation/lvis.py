@@ -144,12 +144,7 @@ def evaluate(
 
     gtt_full = gt.table(dev, crowd_is_ignore=False)
     gidx = torch.as_tensor(np.flatnonzero(gt_keep), device=dev)
-    gtt = engine.GtTable(
-        *(
-            getattr(gtt_full, f)[gidx]
-            for f in ("img", "cat", "area", "ignore", "crowd", "id_nonzero")
-        )
-    )
+    gtt = gtt_full.subset(gidx)
     dtt = dets.table(dev)
     dtt.ignore_unmatched = torch.as_tensor(not_exh, device=dev)
     if iou_type == "bbox":

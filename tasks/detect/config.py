@@ -58,7 +58,9 @@ class DiffusionConfig:
     box_renewal: bool = True
     renewal_threshold: float = 0.5
     use_ensemble: bool = True
-    ensemble_last_step: bool = True  # official code drops the last step (#56); we include it (documented)
+    ensemble_last_step: bool = (
+        True  # official code drops the last step (#56); we include it (documented)
+    )
     use_nms: bool = True
     nms_threshold: float = 0.5
 

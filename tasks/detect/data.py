@@ -55,14 +55,18 @@ class DetectionRecords:
     images: list[ImageRecord]
     label_to_category_id: list[int]
     category_names: list[str]
-    class_image_counts: list[int]  # images containing each class (LVIS ``image_count`` when present)
+    class_image_counts: list[
+        int
+    ]  # images containing each class (LVIS ``image_count`` when present)
     issues: Counter = field(default_factory=Counter)
 
 
 def _image_path(entry: dict, image_root: str, fmt: str) -> str:
     if "file_name" in entry:
         name = entry["file_name"]
-        if fmt == "lvis" and name.startswith("COCO_"):  # LVIS v0.5 names like COCO_val2014_000000397133.jpg
+        if fmt == "lvis" and name.startswith(
+            "COCO_"
+        ):  # LVIS v0.5 names like COCO_val2014_000000397133.jpg
             name = name[-16:]
         return os.path.join(image_root, name)
     if "coco_url" in entry:  # LVIS v1: image_root is the COCO root holding train2017/ and val2017/
@@ -117,7 +121,11 @@ def load_detection_json(
         boxes = np.array([a[0] for a in anns], dtype=np.float32).reshape(-1, 4)
         labels = np.array([a[1] for a in anns], dtype=np.int64)
         height, width = sizes[entry["id"]]
-        images.append(ImageRecord(_image_path(entry, image_root, fmt), int(entry["id"]), height, width, boxes, labels))
+        images.append(
+            ImageRecord(
+                _image_path(entry, image_root, fmt), int(entry["id"]), height, width, boxes, labels
+            )
+        )
     counts = _class_image_counts(categories, images)
     problems = {what: n for what, n in issues.items() if what != CROWD}
     if problems:
@@ -141,7 +149,11 @@ def _parse_annotation(
         issues["annotations with unknown category skipped"] += 1
         return None
     bbox = ann.get("bbox")
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(math.isfinite(float(v)) for v in bbox):
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(math.isfinite(float(v)) for v in bbox)
+    ):
         issues["malformed bbox entries skipped"] += 1
         return None
     x, y, w, h = (float(v) for v in bbox)
@@ -149,7 +161,12 @@ def _parse_annotation(
         issues["boxes with non-positive width/height skipped"] += 1
         return None
     height, width = sizes[ann["image_id"]]
-    box = [min(max(x, 0.0), width), min(max(y, 0.0), height), min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)]
+    box = [
+        min(max(x, 0.0), width),
+        min(max(y, 0.0), height),
+        min(max(x + w, 0.0), width),
+        min(max(y + h, 0.0), height),
+    ]
     if box != [x, y, x + w, y + h]:
         if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
             issues["boxes entirely outside the image skipped"] += 1
@@ -189,17 +206,23 @@ class DetectionDataset(Dataset):
             with Image.open(rec.path) as im:
                 image = im.convert("RGB")
         except OSError as e:
-            raise ValueError(f"{self.records.json_path}: cannot read image id={rec.image_id} at {rec.path}: {e}") from e
+            raise ValueError(
+                f"{self.records.json_path}: cannot read image id={rec.image_id} at {rec.path}: {e}"
+            ) from e
         if image.size != (rec.width, rec.height):
             raise ValueError(
                 f"{self.records.json_path}: image id={rec.image_id} is {image.size[0]}x{image.size[1]} on disk "
                 f"but {rec.width}x{rec.height} in the JSON ({rec.path})"
             )
-        sample = self.transform(Sample(image, rec.boxes_xyxy, rec.labels), np.random.default_rng(seed))
+        sample = self.transform(
+            Sample(image, rec.boxes_xyxy, rec.labels), np.random.default_rng(seed)
+        )
         array = np.asarray(sample.image, dtype=np.uint8)
         return {
             "image": torch.from_numpy(array.copy()).permute(2, 0, 1),
-            "boxes_xyxy": torch.from_numpy(np.ascontiguousarray(sample.boxes_xyxy, dtype=np.float32)),
+            "boxes_xyxy": torch.from_numpy(
+                np.ascontiguousarray(sample.boxes_xyxy, dtype=np.float32)
+            ),
             "labels": torch.from_numpy(np.ascontiguousarray(sample.labels, dtype=np.int64)),
             "image_id": rec.image_id,
             "orig_size": (rec.height, rec.width),
@@ -223,7 +246,9 @@ def repeat_factors(records: DetectionRecords, threshold: float) -> np.ndarray:
         counts[np.unique(rec.labels)] += 1
     freq = counts / num_images
     class_factor = np.maximum(1.0, np.sqrt(threshold / np.maximum(freq, 1e-12)))
-    return np.array([class_factor[np.unique(r.labels)].max() if len(r.labels) else 1.0 for r in records.images])
+    return np.array(
+        [class_factor[np.unique(r.labels)].max() if len(r.labels) else 1.0 for r in records.images]
+    )
 
 
 class TrainSampler(Sampler):
@@ -246,7 +271,9 @@ class TrainSampler(Sampler):
         factors: np.ndarray | None = None,
     ) -> None:
         if size < batch_size * world_size:
-            raise ValueError(f"the training set has {size} images, fewer than the global batch {batch_size * world_size}")
+            raise ValueError(
+                f"the training set has {size} images, fewer than the global batch {batch_size * world_size}"
+            )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size, self.factors = rank, world_size, factors
         self.epoch, self.start_batch = 0, 0
@@ -312,9 +339,13 @@ def first_images(records: DetectionRecords, limit: int | None) -> DetectionRecor
     if limit is None or limit >= len(records.images):
         return records
     return DetectionRecords(
-        records.json_path, records.images[:limit], records.label_to_category_id, records.category_names,
-        records.class_image_counts, records.issues,
-    )  # fmt: skip
+        records.json_path,
+        records.images[:limit],
+        records.label_to_category_id,
+        records.category_names,
+        records.class_image_counts,
+        records.issues,
+    )
 
 
 def resolve_paths(data_cfg: Any) -> dict[str, str | None]:
@@ -325,7 +356,9 @@ def resolve_paths(data_cfg: Any) -> dict[str, str | None]:
 
         given = [k for k in keys if getattr(data_cfg, k) is not None]
         if given:
-            raise ValueError(f"data.synthetic=true conflicts with data.{given[0]}; set data.synthetic=false to use your own data")
+            raise ValueError(
+                f"data.synthetic=true conflicts with data.{given[0]}; set data.synthetic=false to use your own data"
+            )
         return ensure_synthetic_dataset(data_cfg.synthetic_root)  # type: ignore[return-value]
     paths = {k: getattr(data_cfg, k) for k in keys}
     for key, value in paths.items():

@@ -41,11 +41,16 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_model_inputs(batch: Sequence[dict[str, Any]], device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
+def to_model_inputs(
+    batch: Sequence[dict[str, Any]], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict]]:
     """Batch of dataset dicts -> (images float (3, H, W) 0..255 RGB, targets with ``boxes_xyxy``/``labels``)."""
     images = [b["image"].to(device, non_blocking=True).float() for b in batch]
     targets = [
-        {"boxes_xyxy": b["boxes_xyxy"].to(device, non_blocking=True), "labels": b["labels"].to(device, non_blocking=True)}
+        {
+            "boxes_xyxy": b["boxes_xyxy"].to(device, non_blocking=True),
+            "labels": b["labels"].to(device, non_blocking=True),
+        }
         for b in batch
     ]
     return images, targets
@@ -54,7 +59,9 @@ def to_model_inputs(batch: Sequence[dict[str, Any]], device: torch.device) -> tu
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on every trainable parameter (official ``build_optimizer``)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=solver.base_lr, betas=tuple(solver.betas), weight_decay=solver.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=solver.base_lr, betas=tuple(solver.betas), weight_decay=solver.weight_decay
+    )
 
 
 def learning_rate(iteration: int, solver: SolverConfig) -> float:
@@ -93,7 +100,9 @@ def train_step(
     total = sum(losses.values())
     if not torch.isfinite(total):
         detail = {k: float(v.detach()) for k, v in losses.items()}
-        raise FloatingPointError(f"non-finite loss at iteration {iteration} (rank {get_rank()}): {detail}")
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration} (rank {get_rank()}): {detail}"
+        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
@@ -139,7 +148,13 @@ def train_one_epoch(
             return False
         start = time.perf_counter()
         losses = train_step(
-            model, optimizer, batch, iteration=state.iteration, solver=solver, device=device, scaler=scaler
+            model,
+            optimizer,
+            batch,
+            iteration=state.iteration,
+            solver=solver,
+            device=device,
+            scaler=scaler,
         )
         if ema is not None:
             ema.update(model)
@@ -155,7 +170,11 @@ def train_one_epoch(
 
 def to_evaluator_output(det: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Model detections (already in original-image pixels) -> the evaluator's ``boxes/scores/labels`` dict."""
-    return {"boxes": det["boxes_xyxy"].float().cpu(), "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()}
+    return {
+        "boxes": det["boxes_xyxy"].float().cpu(),
+        "scores": det["scores"].float().cpu(),
+        "labels": det["labels"].cpu(),
+    }
 
 
 @torch.no_grad()
@@ -182,12 +201,22 @@ def evaluate(
     evaluator.reset()
     generator = torch.Generator(device=device).manual_seed(seed + get_rank())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for batch in tqdm(loader, desc=desc, disable=not is_main(), leave=False, dynamic_ncols=True):
+        for batch in tqdm(
+            loader, desc=desc, disable=not is_main(), leave=False, dynamic_ncols=True
+        ):
             images = [b["image"].to(device).float() for b in batch]
             with autocast(device, amp):
-                outputs = module.inference(images, steps=steps, num_boxes=num_boxes, generator=generator,
-                                           output_sizes=[b["orig_size"] for b in batch])  # fmt: skip
-            evaluator.process([{"image_id": b["image_id"]} for b in batch], [to_evaluator_output(o) for o in outputs])
+                outputs = module.inference(
+                    images,
+                    steps=steps,
+                    num_boxes=num_boxes,
+                    generator=generator,
+                    output_sizes=[b["orig_size"] for b in batch],
+                )
+            evaluator.process(
+                [{"image_id": b["image_id"]} for b in batch],
+                [to_evaluator_output(o) for o in outputs],
+            )
     module.train(was_training)
     return evaluator.evaluate()
 
@@ -195,4 +224,6 @@ def evaluate(
 def format_losses(losses: dict[str, float]) -> str:
     """``name: value`` pairs for the text log (total first)."""
     keys = ["total_loss"] + sorted(k for k in losses if k not in ("total_loss", "lr", "time"))
-    return "  ".join(f"{k}: {losses[k]:.4g}" for k in keys if k in losses and math.isfinite(losses[k]))
+    return "  ".join(
+        f"{k}: {losses[k]:.4g}" for k in keys if k in losses and math.isfinite(losses[k])
+    )

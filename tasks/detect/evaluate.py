@@ -30,28 +30,37 @@ from tasks.common.log import setup_logging
 from tasks.detect import data as D
 from tasks.detect.config import DetectConfig
 from tasks.detect.engine import evaluate, to_evaluator_output
+from tasks.detect.predictor import DiffusionDetector
 from tasks.detect.train import DEFAULT_CONFIG, LOGGER_NAME, build_evaluator, build_val_loader
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_args(parser)
-    parser.add_argument("--weights", required=True, help="model_final.pt, a training checkpoint, or a state dict")
-    parser.add_argument("--vis", type=int, default=0, metavar="N", help="draw detections on the first N val images")
-    parser.add_argument("--vis-threshold", type=float, default=0.5, help="score threshold for --vis drawings")
+    parser.add_argument(
+        "--weights", required=True, help="model_final.pt, a training checkpoint, or a state dict"
+    )
+    parser.add_argument(
+        "--vis", type=int, default=0, metavar="N", help="draw detections on the first N val images"
+    )
+    parser.add_argument(
+        "--vis-threshold", type=float, default=0.5, help="score threshold for --vis drawings"
+    )
     return parser.parse_args(argv)
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a state dict, or the ``ema`` / ``model`` entry of a training checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state.get("ema") or state["model"]
-    model.load_state_dict(state)
-
-
-def draw_examples(cfg: DetectConfig, model, loader, names: Sequence[str], count: int, threshold: float,
-                  device: torch.device, out: Path) -> None:  # fmt: skip
+def draw_examples(
+    cfg: DetectConfig,
+    model,
+    loader,
+    names: Sequence[str],
+    count: int,
+    threshold: float,
+    device: torch.device,
+    out: Path,
+) -> None:
     """Save ``count`` validation images with their detections (score >= threshold) drawn on them."""
     from PIL import Image
 
@@ -66,12 +75,23 @@ def draw_examples(cfg: DetectConfig, model, loader, names: Sequence[str], count:
                 return
             image = item["image"].to(device).float()
             with torch.no_grad():
-                pred = model.inference([image], steps=cfg.test.eval_steps[-1], num_boxes=cfg.test.num_proposals,
-                                       generator=generator, output_sizes=[item["orig_size"]])[0]  # fmt: skip
+                pred = model.inference(
+                    [image],
+                    steps=cfg.test.eval_steps[-1],
+                    num_boxes=cfg.test.num_proposals,
+                    generator=generator,
+                    output_sizes=[item["orig_size"]],
+                )[0]
             det = to_evaluator_output(pred)
-            keep = det["scores"] >= threshold
             original = Image.open(item["file_name"]).convert("RGB")
-            drawn = draw_detections(original, det["boxes"][keep], det["scores"][keep], det["labels"][keep], names)
+            drawn = draw_detections(
+                original,
+                det["boxes"],
+                det["scores"],
+                det["labels"],
+                names,
+                score_threshold=threshold,
+            )
             drawn.save(out / f"{item['image_id']}.png")
             done += 1
 
@@ -85,17 +105,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     paths = D.resolve_paths(cfg.data)
     if paths["val_json"] is None or paths["val_images"] is None:
         raise ValueError("data.val_json and data.val_images must be set to evaluate")
-    label_map = D.load_detection_json(paths["val_json"], paths["val_images"], fmt=cfg.data.format).label_to_category_id
+    label_map = D.load_detection_json(
+        paths["val_json"], paths["val_images"], fmt=cfg.data.format
+    ).label_to_category_id
     loader, gt = build_val_loader(cfg, paths, label_map, info)
-    from tasks.detect.model import build_detector
 
-    model = build_detector(cfg.model).to(info.device).eval()
-    load_weights(model, args.weights)
+    config_path = args.config or DEFAULT_CONFIG
+    model = DiffusionDetector.from_config(
+        config_path, args.weights, info.device, args.overrides
+    ).model
     evaluator = build_evaluator(cfg, gt, label_map, info.device)
     metrics: dict[str, Any] = {}
     for steps in cfg.test.eval_steps:
-        result = evaluate(model, loader, evaluator, device=info.device, steps=steps, num_boxes=cfg.test.num_proposals,
-                          seed=cfg.seed, amp=cfg.solver.amp, desc=f"eval {steps} step(s)")  # fmt: skip
+        result = evaluate(
+            model,
+            loader,
+            evaluator,
+            device=info.device,
+            steps=steps,
+            num_boxes=cfg.test.num_proposals,
+            seed=cfg.seed,
+            amp=cfg.solver.amp,
+            desc=f"eval {steps} step(s)",
+        )
         detections = [r for part in all_gather_object(evaluator.results()) for r in part]
         if is_main():
             (out / f"detections_steps{steps}.json").write_text(json.dumps(detections))
@@ -105,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
         if args.vis > 0:
             names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
-            draw_examples(cfg, model, loader, names, args.vis, args.vis_threshold, info.device, out / "vis")
+            draw_examples(
+                cfg, model, loader, names, args.vis, args.vis_threshold, info.device, out / "vis"
+            )
             logger.info("drew %d images into %s", args.vis, out / "vis")
     cleanup()
     return metrics
@@ -117,7 +151,11 @@ def _log_table(logger, cfg: DetectConfig, steps: int, result: dict) -> None:
 
         logger.info("%d sampling step(s):\n%s", steps, format_stats(result["stats"]))
     else:
-        logger.info("%d sampling step(s): %s", steps, {k: v for k, v in result.items() if k != "per_category"})
+        logger.info(
+            "%d sampling step(s): %s",
+            steps,
+            {k: v for k, v in result.items() if k != "per_category"},
+        )
 
 
 if __name__ == "__main__":

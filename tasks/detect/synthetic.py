@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 CATEGORIES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
-MIN_VISIBLE = 0.45  # fraction of an object's pixels that must stay visible after later objects are drawn
+MIN_VISIBLE = (
+    0.45  # fraction of an object's pixels that must stay visible after later objects are drawn
+)
 MIN_PIXELS = 12  # smallest labelled visible area (pixels)
 
 
@@ -51,7 +53,9 @@ class SyntheticSpec:
     seed: int = 20261122
 
 
-def ensure_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | None = None) -> dict[str, str]:
+def ensure_synthetic_dataset(
+    root: str | os.PathLike, spec: SyntheticSpec | None = None
+) -> dict[str, str]:
     """Generate the dataset under ``root`` unless an identical one is already there.
 
     Args:
@@ -73,7 +77,12 @@ def ensure_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | None
     done = root / "DONE.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return paths
-    logger.info("Generating the synthetic shapes dataset in %s (%d train + %d val images)", root, spec.num_train, spec.num_val)
+    logger.info(
+        "Generating the synthetic shapes dataset in %s (%d train + %d val images)",
+        root,
+        spec.num_train,
+        spec.num_val,
+    )
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "annotations").mkdir(parents=True)
@@ -88,12 +97,18 @@ def ensure_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | None
     return paths
 
 
-def _generate_split(folder: Path, count: int, spec: SyntheticSpec, rng: np.random.Generator) -> dict:
+def _generate_split(
+    folder: Path, count: int, spec: SyntheticSpec, rng: np.random.Generator
+) -> dict:
     folder.mkdir(parents=True)
     images, annotations = [], []
     for image_id in range(1, count + 1):
-        width, height = (int(v) for v in rng.integers(spec.min_image_size, spec.max_image_size + 1, size=2))
-        num = 0 if rng.random() < spec.empty_fraction else int(rng.integers(1, spec.max_objects + 1))
+        width, height = (
+            int(v) for v in rng.integers(spec.min_image_size, spec.max_image_size + 1, size=2)
+        )
+        num = (
+            0 if rng.random() < spec.empty_fraction else int(rng.integers(1, spec.max_objects + 1))
+        )
         image, objects = render_image(rng, height, width, num)
         file_name = f"{image_id:06d}.png"
         Image.fromarray(image).save(folder / file_name, compress_level=1)
@@ -109,7 +124,9 @@ def _generate_split(folder: Path, count: int, spec: SyntheticSpec, rng: np.rando
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)]
+    categories = [
+        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)
+    ]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -126,7 +143,9 @@ def render_image(
     owner = np.full((height, width), -1, dtype=np.int32)  # index of the object owning each pixel
     full_area: list[int] = []
     categories: list[int] = []
-    buckets = sorted(rng.choice(3, size=num_objects, p=(0.4, 0.4, 0.2)), reverse=True)  # large first
+    buckets = sorted(
+        rng.choice(3, size=num_objects, p=(0.4, 0.4, 0.2)), reverse=True
+    )  # large first
     for bucket in buckets:
         for _attempt in range(10):
             category = int(rng.integers(len(CATEGORIES)))
@@ -150,7 +169,9 @@ def render_image(
         if len(xs) < MIN_PIXELS:
             continue
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        objects.append((category, [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], float(len(xs))))
+        objects.append(
+            (category, [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], float(len(xs)))
+        )
     return image, objects
 
 
@@ -191,17 +212,37 @@ def _polygon(category: int, rng: np.random.Generator, radius: float) -> list[np.
         r = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.38, 0.5)) * radius
         return [np.stack([np.cos(t) * r, np.sin(t) * r], 1)]
     arm = rng.uniform(0.28, 0.4)  # cross / plus sign
-    pts = [(-arm, -1), (arm, -1), (arm, -arm), (1, -arm), (1, arm), (arm, arm), (arm, 1), (-arm, 1),
-           (-arm, arm), (-1, arm), (-1, -arm), (-arm, -arm)]  # fmt: skip
+    pts = [
+        (-arm, -1),
+        (arm, -1),
+        (arm, -arm),
+        (1, -arm),
+        (1, arm),
+        (arm, arm),
+        (arm, 1),
+        (-arm, 1),
+        (-arm, arm),
+        (-1, arm),
+        (-1, -arm),
+        (-arm, -arm),
+    ]
     return [np.array(pts, dtype=np.float64) * radius]
 
 
-def _shape_mask(rng: np.random.Generator, category: int, height: int, width: int, bucket: int) -> np.ndarray:
+def _shape_mask(
+    rng: np.random.Generator, category: int, height: int, width: int, bucket: int
+) -> np.ndarray:
     size = _size(rng, height, width, bucket)
-    aspect = math.exp(rng.uniform(-0.4, 0.4)) if category in (0, 1, 5) else math.exp(rng.uniform(-0.15, 0.15))
+    aspect = (
+        math.exp(rng.uniform(-0.4, 0.4))
+        if category in (0, 1, 5)
+        else math.exp(rng.uniform(-0.15, 0.15))
+    )
     angle = rng.uniform(0, 2 * math.pi) if category != 0 else 0.0
     margin = 0.25 if bucket == 2 else 0.0  # keep large objects mostly inside the image
-    centre = np.array([rng.uniform(margin, 1 - margin) * width, rng.uniform(margin, 1 - margin) * height])
+    centre = np.array(
+        [rng.uniform(margin, 1 - margin) * width, rng.uniform(margin, 1 - margin) * height]
+    )
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     scale = np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)])
     canvas = Image.new("L", (width, height), 0)

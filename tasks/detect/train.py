@@ -30,17 +30,38 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tasks.common.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tasks.common.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tasks.common.config import add_config_args, config_to_dict, load_config, save_config
-from tasks.common.dist import DistInfo, all_gather_object, barrier, cleanup, init_distributed, is_main
+from tasks.common.dist import (
+    DistInfo,
+    all_gather_object,
+    barrier,
+    cleanup,
+    init_distributed,
+    is_main,
+)
 from tasks.common.ema import ModelEMA, unwrap_model
 from tasks.common.log import JsonlLogger, setup_logging
 from tasks.detect import data as D
 from tasks.detect.config import DetectConfig
-from tasks.detect.engine import TrainState, build_optimizer, evaluate, format_losses, train_one_epoch
+from tasks.detect.engine import (
+    TrainState,
+    build_optimizer,
+    evaluate,
+    format_losses,
+    train_one_epoch,
+)
 from tasks.detect.transforms import build_test_transform, build_train_transform
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "detect" / "default_synthetic.yaml"
+DEFAULT_CONFIG = (
+    Path(__file__).resolve().parents[2] / "configs" / "detect" / "default_synthetic.yaml"
+)
 LOGGER_NAME = "diffvision.detect"
 
 
@@ -56,9 +77,13 @@ class DataBundle:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_args(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in output_dir"
+    )
     return parser.parse_args(argv)
 
 
@@ -68,14 +93,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_val_loader(cfg: DetectConfig, paths: dict, label_map: Sequence[int], info: DistInfo) -> tuple[DataLoader, dict]:
+def build_val_loader(
+    cfg: DetectConfig, paths: dict, label_map: Sequence[int], info: DistInfo
+) -> tuple[DataLoader, dict]:
     """Validation loader (sharded across ranks) and the matching GT dict for the evaluator."""
-    records = D.load_detection_json(paths["val_json"], paths["val_images"], fmt=cfg.data.format, label_to_category_id=label_map)
+    records = D.load_detection_json(
+        paths["val_json"], paths["val_images"], fmt=cfg.data.format, label_to_category_id=label_map
+    )
     records = D.first_images(records, cfg.test.max_eval_images)
     dataset = D.DetectionDataset(records, build_test_transform(cfg.data))
     sampler = D.InferenceSampler(len(dataset), info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_size=cfg.test.eval_batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=D.collate, generator=torch.Generator(), persistent_workers=cfg.data.num_workers > 0)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.test.eval_batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=D.collate,
+        generator=torch.Generator(),
+        persistent_workers=cfg.data.num_workers > 0,
+    )
     return loader, D.subset_gt(paths["val_json"], [r.image_id for r in records.images])
 
 
@@ -86,7 +122,9 @@ def build_data(cfg: DetectConfig, info: DistInfo) -> DataBundle:
     barrier()
     paths = D.resolve_paths(cfg.data)
     if paths["train_json"] is None or paths["train_images"] is None:
-        raise ValueError("data.train_json and data.train_images must be set (or data.synthetic=true)")
+        raise ValueError(
+            "data.train_json and data.train_images must be set (or data.synthetic=true)"
+        )
     records = D.load_detection_json(paths["train_json"], paths["train_images"], fmt=cfg.data.format)
     if len(records.label_to_category_id) != cfg.model.head.num_classes:
         raise ValueError(
@@ -95,17 +133,33 @@ def build_data(cfg: DetectConfig, info: DistInfo) -> DataBundle:
             f"{len(records.label_to_category_id)}"
         )
     if cfg.solver.batch_size % info.world_size:
-        raise ValueError(f"solver.batch_size={cfg.solver.batch_size} is not divisible by {info.world_size} processes")
+        raise ValueError(
+            f"solver.batch_size={cfg.solver.batch_size} is not divisible by {info.world_size} processes"
+        )
     per_rank = cfg.solver.batch_size // info.world_size
     factors = None
     if cfg.data.repeat_factor_threshold is not None:
         factors = D.repeat_factors(records, cfg.data.repeat_factor_threshold)
-    sampler = D.TrainSampler(len(records.images), batch_size=per_rank, seed=cfg.seed, rank=info.rank,
-                             world_size=info.world_size, factors=factors)  # fmt: skip
+    sampler = D.TrainSampler(
+        len(records.images),
+        batch_size=per_rank,
+        seed=cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        factors=factors,
+    )
     dataset = D.DetectionDataset(records, build_train_transform(cfg.data))
-    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
-                        collate_fn=D.collate, generator=torch.Generator(), pin_memory=info.device.type == "cuda",
-                        persistent_workers=cfg.data.num_workers > 0)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        collate_fn=D.collate,
+        generator=torch.Generator(),
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+    )
     val_loader, val_gt = None, None
     if paths["val_json"] is not None and paths["val_images"] is not None:
         val_loader, val_gt = build_val_loader(cfg, paths, records.label_to_category_id, info)
@@ -118,11 +172,15 @@ def build_model(cfg: DetectConfig, records: D.DetectionRecords, info: DistInfo) 
     model = build_detector(cfg.model).to(info.device)
     if info.world_size > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=True
+        )
     return model
 
 
-def build_evaluator(cfg: DetectConfig, gt: dict, label_map: Sequence[int], device: torch.device) -> Any:
+def build_evaluator(
+    cfg: DetectConfig, gt: dict, label_map: Sequence[int], device: torch.device
+) -> Any:
     if cfg.data.format == "lvis":
         from evaluation.lvis import LVISEvaluator
 
@@ -132,7 +190,9 @@ def build_evaluator(cfg: DetectConfig, gt: dict, label_map: Sequence[int], devic
     return COCOEvaluator(gt, label_to_category_id=label_map, device=device)
 
 
-def save_training_state(path: Path, model, optimizer, ema, scaler, state: TrainState, cfg: DetectConfig) -> None:
+def save_training_state(
+    path: Path, model, optimizer, ema, scaler, state: TrainState, cfg: DetectConfig
+) -> None:
     """Atomic checkpoint with everything needed to continue exactly (every rank's RNG state included)."""
     rngs = all_gather_object(rng_state())
     if not is_main():
@@ -140,7 +200,11 @@ def save_training_state(path: Path, model, optimizer, ema, scaler, state: TrainS
     payload = {
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
-        "state": {"iteration": state.iteration, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch},
+        "state": {
+            "iteration": state.iteration,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+        },
         "rng": rngs,
         "config": config_to_dict(cfg),
     }
@@ -161,33 +225,67 @@ def restore_training_state(path: Path, model, optimizer, ema, scaler, info: Dist
         scaler.load_state_dict(ckpt["scaler"])
     rngs = ckpt["rng"]
     if len(rngs) != info.world_size:
-        logging.getLogger(LOGGER_NAME).warning("checkpoint has %d ranks' RNG states, running with %d", len(rngs), info.world_size)
+        logging.getLogger(LOGGER_NAME).warning(
+            "checkpoint has %d ranks' RNG states, running with %d", len(rngs), info.world_size
+        )
     set_rng_state(rngs[info.rank % len(rngs)])
     return TrainState(**ckpt["state"])
 
 
-def run_evaluation(cfg, model, ema, bundle: DataBundle, info: DistInfo, steps_list: Sequence[int], iteration: int,
-                   jsonl: JsonlLogger, logger: logging.Logger) -> dict[str, Any]:  # fmt: skip
+def run_evaluation(
+    cfg,
+    model,
+    ema,
+    bundle: DataBundle,
+    info: DistInfo,
+    steps_list: Sequence[int],
+    iteration: int,
+    jsonl: JsonlLogger,
+    logger: logging.Logger,
+) -> dict[str, Any]:
     """Evaluate with each sampling-steps setting; log a table and one JSON record per setting."""
     from evaluation.coco import format_stats
 
     if bundle.val_loader is None:
         logger.warning("no validation set configured (data.val_json); skipping evaluation")
         return {}
-    evaluator = build_evaluator(cfg, bundle.val_gt, bundle.records.label_to_category_id, info.device)
+    evaluator = build_evaluator(
+        cfg, bundle.val_gt, bundle.records.label_to_category_id, info.device
+    )
     eval_model = ema.module if ema is not None else model
     metrics = {}
     for steps in steps_list:
-        result = evaluate(eval_model, bundle.val_loader, evaluator, device=info.device, steps=steps,
-                          num_boxes=cfg.test.num_proposals, seed=cfg.seed, amp=cfg.solver.amp, desc=f"eval {steps} step(s)")  # fmt: skip
+        result = evaluate(
+            eval_model,
+            bundle.val_loader,
+            evaluator,
+            device=info.device,
+            steps=steps,
+            num_boxes=cfg.test.num_proposals,
+            seed=cfg.seed,
+            amp=cfg.solver.amp,
+            desc=f"eval {steps} step(s)",
+        )
         if not is_main():
             continue
         metrics[f"steps_{steps}"] = {k: v for k, v in result.items() if k != "per_category"}
         if "stats" in result and cfg.data.format == "coco":
-            logger.info("iteration %d, %d sampling step(s):\n%s", iteration, steps, format_stats(result["stats"]))
+            logger.info(
+                "iteration %d, %d sampling step(s):\n%s",
+                iteration,
+                steps,
+                format_stats(result["stats"]),
+            )
         else:
-            logger.info("iteration %d, %d sampling step(s): %s", iteration, steps, {k: v for k, v in result.items() if k != "per_category"})
-        jsonl.write({"type": "eval", "iteration": iteration, "steps": steps, **metrics[f"steps_{steps}"]})
+            logger.info(
+                "iteration %d, %d sampling step(s): %s",
+                iteration,
+                steps,
+                {k: v for k, v in result.items() if k != "per_category"},
+            )
+        jsonl.write(
+            {"type": "eval", "iteration": iteration, "steps": steps, **metrics[f"steps_{steps}"]}
+        )
     return metrics
 
 
@@ -211,16 +309,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         state = restore_training_state(ckpt, model, optimizer, ema, scaler, info)
         logger.info("resumed from %s at iteration %d", ckpt, state.iteration)
     jsonl = JsonlLogger(out / "log.jsonl")
-    on_step = StepHooks(cfg, model, optimizer, ema, scaler, bundle, info, jsonl, logger, state.iteration)
+    on_step = StepHooks(
+        cfg, model, optimizer, ema, scaler, bundle, info, jsonl, logger, state.iteration
+    )
     with logging_redirect_tqdm(loggers=[logger]):
         while state.iteration < cfg.solver.max_iter:
             bundle.sampler.set_epoch(state.epoch, state.batch_in_epoch)
-            train_one_epoch(model, optimizer, bundle.train_loader, state, solver=cfg.solver, device=info.device,
-                            ema=ema, scaler=scaler, on_step=on_step)  # fmt: skip
+            train_one_epoch(
+                model,
+                optimizer,
+                bundle.train_loader,
+                state,
+                solver=cfg.solver,
+                device=info.device,
+                ema=ema,
+                scaler=scaler,
+                on_step=on_step,
+            )
         on_step.close()
         if is_main():
-            torch.save(unwrap_model(ema.module if ema else model).state_dict(), out / "model_final.pt")
-        metrics = run_evaluation(cfg, model, ema, bundle, info, cfg.test.eval_steps, state.iteration, jsonl, logger)
+            torch.save(
+                unwrap_model(ema.module if ema else model).state_dict(), out / "model_final.pt"
+            )
+        metrics = run_evaluation(
+            cfg, model, ema, bundle, info, cfg.test.eval_steps, state.iteration, jsonl, logger
+        )
     if is_main():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         logger.info("metrics written to %s", out / "metrics.json")
@@ -231,25 +344,56 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 class StepHooks:
     """After-step work: progress bar, text + JSON logs, checkpoints, periodic evaluation."""
 
-    def __init__(self, cfg, model, optimizer, ema, scaler, bundle, info, jsonl, logger, start_iter: int) -> None:
-        self.cfg, self.model, self.optimizer, self.ema, self.scaler = cfg, model, optimizer, ema, scaler
+    def __init__(
+        self, cfg, model, optimizer, ema, scaler, bundle, info, jsonl, logger, start_iter: int
+    ) -> None:
+        self.cfg, self.model, self.optimizer, self.ema, self.scaler = (
+            cfg,
+            model,
+            optimizer,
+            ema,
+            scaler,
+        )
         self.bundle, self.info, self.jsonl, self.logger = bundle, info, jsonl, logger
-        self.bar = tqdm(total=cfg.solver.max_iter, initial=start_iter, desc="train", disable=not is_main(),
-                        dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=cfg.solver.max_iter,
+            initial=start_iter,
+            desc="train",
+            disable=not is_main(),
+            dynamic_ncols=True,
+        )
 
     def __call__(self, state: TrainState, losses: dict[str, float]) -> None:
         cfg, it = self.cfg, state.iteration
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{losses['total_loss']:.3f}", lr=f"{losses['lr']:.2e}")
         if it % cfg.log_period == 0 or it == cfg.solver.max_iter:
-            self.logger.info("iter %d/%d  lr %.3g  %.2fs/it  %s", it, cfg.solver.max_iter, losses["lr"], losses["time"],
-                             format_losses(losses))  # fmt: skip
+            self.logger.info(
+                "iter %d/%d  lr %.3g  %.2fs/it  %s",
+                it,
+                cfg.solver.max_iter,
+                losses["lr"],
+                losses["time"],
+                format_losses(losses),
+            )
             self.jsonl.write({"type": "train", "iteration": it, "epoch": state.epoch, **losses})
-        if cfg.checkpoint_period > 0 and (it % cfg.checkpoint_period == 0 or it == cfg.solver.max_iter):
+        if cfg.checkpoint_period > 0 and (
+            it % cfg.checkpoint_period == 0 or it == cfg.solver.max_iter
+        ):
             path = Path(cfg.output_dir) / f"checkpoint_{it:07d}.pt"
             save_training_state(path, self.model, self.optimizer, self.ema, self.scaler, state, cfg)
         if cfg.test.eval_period > 0 and it % cfg.test.eval_period == 0 and it < cfg.solver.max_iter:
-            run_evaluation(cfg, self.model, self.ema, self.bundle, self.info, cfg.test.eval_steps[:1], it, self.jsonl, self.logger)
+            run_evaluation(
+                cfg,
+                self.model,
+                self.ema,
+                self.bundle,
+                self.info,
+                cfg.test.eval_steps[:1],
+                it,
+                self.jsonl,
+                self.logger,
+            )
             self.model.train()
 
     def close(self) -> None:

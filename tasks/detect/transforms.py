@@ -58,7 +58,9 @@ class ResizeShortestEdge:
         self.max_size = int(max_size)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        short = self.sizes[int(rng.integers(len(self.sizes)))] if len(self.sizes) > 1 else self.sizes[0]
+        short = (
+            self.sizes[int(rng.integers(len(self.sizes)))] if len(self.sizes) > 1 else self.sizes[0]
+        )
         width, height = sample.image.size
         new_h, new_w = resized_shape(height, width, short, self.max_size)
         if (new_h, new_w) == (height, width):
@@ -91,7 +93,9 @@ class RandomCropAbsoluteRange:
 
     def __init__(self, low: int, high: int) -> None:
         if not 0 < low <= high:
-            raise ValueError(f"crop_size must be (min, max) with 0 < min <= max, got ({low}, {high})")
+            raise ValueError(
+                f"crop_size must be (min, max) with 0 < min <= max, got ({low}, {high})"
+            )
         self.low, self.high = int(low), int(high)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -142,7 +146,9 @@ def clip_boxes(boxes_xyxy: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def nonempty(boxes_xyxy: np.ndarray, threshold: float = BOX_EPS) -> np.ndarray:
     """Boolean (M,) mask of boxes with width and height > ``threshold``."""
-    return ((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) > threshold) & ((boxes_xyxy[:, 3] - boxes_xyxy[:, 1]) > threshold)
+    return ((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) > threshold) & (
+        (boxes_xyxy[:, 3] - boxes_xyxy[:, 1]) > threshold
+    )
 
 
 def build_train_transform(cfg: DataConfig) -> Compose:

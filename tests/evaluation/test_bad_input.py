@@ -139,3 +139,77 @@ def test_cli_module_entry_point(tmp_path):
         [sys.executable, "-m", "evaluation", "--help"], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0 and "coco" in r.stdout and "cityscapes" in r.stdout
+
+
+def test_cli_lvis_and_cityscapes(tmp_path, capsys):
+    from PIL import Image
+
+    from tests.evaluation.synth import synthetic_frame
+
+    lvis_gt = dict(GT, categories=[{"id": 7, "name": "cat", "frequency": "f"}])
+    lvis_gt["images"] = [
+        dict(im, neg_category_ids=[], not_exhaustive_category_ids=[]) for im in GT["images"]
+    ]
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis_gt))
+    (tmp_path / "dt.json").write_text(json.dumps([det()]))
+    assert (
+        main(
+            [
+                "lvis",
+                "--gt",
+                str(tmp_path / "lvis.json"),
+                "--dt",
+                str(tmp_path / "dt.json"),
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "lvis_out.json"),
+            ]
+        )
+        == 0
+    )
+    assert "catIds=  f] =" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "lvis_out.json").read_text())["results"]) >= {
+        "APr",
+        "APc",
+        "APf",
+        "AR@300",
+    }
+
+    pred, gt, inst = synthetic_frame(np.random.default_rng(0))
+    gdir = tmp_path / "gtFine" / "val" / "ulm"
+    gdir.mkdir(parents=True)
+    Image.fromarray(gt).save(gdir / "ulm_000001_000019_gtFine_labelIds.png")
+    Image.fromarray(inst).save(gdir / "ulm_000001_000019_gtFine_instanceIds.png")
+    (tmp_path / "pred").mkdir()
+    Image.fromarray(pred).save(tmp_path / "pred" / "ulm_000001_000019_leftImg8bit.png")
+    assert (
+        main(
+            [
+                "cityscapes",
+                "--gt",
+                str(tmp_path / "gtFine"),
+                "--pred",
+                str(tmp_path / "pred"),
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "cs.json"),
+            ]
+        )
+        == 0
+    )
+    assert "Score Average" in capsys.readouterr().out
+    out = json.loads((tmp_path / "cs.json").read_text())
+    assert {
+        "averageScoreClasses",
+        "averageScoreInstClasses",
+        "averageScoreCategories",
+        "classScores",
+    } <= set(out)
+    (tmp_path / "pred" / "ulm_000001_000019_leftImg8bit.png").unlink()
+    assert (
+        main(["cityscapes", "--gt", str(tmp_path / "gtFine"), "--pred", str(tmp_path / "pred")])
+        == 2
+    )
+    assert "no prediction PNG for frame ulm_000001_000019" in capsys.readouterr().err

@@ -11,34 +11,12 @@ from PIL import Image
 
 from evaluation.cityscapes import LABELS, CityscapesEvaluator, evaluate_dirs, find_frames
 from tests.evaluation.oracles import cityscapes_eval
+from tests.evaluation.synth import synthetic_frame
 
 pytest.importorskip("cityscapesscripts")
 TRAIN_IDS = np.array(
     [lb.train_id if lb.train_id != -1 else 255 for lb in LABELS if lb.id >= 0], dtype=np.uint8
 )
-
-
-def synthetic_frame(rng: np.random.Generator, h: int = 96, w: int = 160):
-    """Blocky labelIds with instances (labelId*1000+k), plus a noisy labelId prediction."""
-    gt = np.zeros((h, w), np.uint8)
-    inst = np.zeros((h, w), np.uint16)
-    for _ in range(14):
-        lab = int(rng.choice([7, 8, 11, 21, 23, 17, 24, 25, 26, 27, 28, 29, 31, 33, 4, 9, 0]))
-        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
-        hh, ww = int(rng.integers(4, h // 2)), int(rng.integers(4, w // 2))
-        gt[y : y + hh, x : x + ww] = lab
-    inst[:] = gt
-    k = 0
-    for lab in (24, 25, 26, 27, 28, 29, 31, 33):
-        ys, xs = np.nonzero(gt == lab)
-        if len(ys) and rng.random() > 0.2:
-            k += 1
-            sel = (gt == lab) & (np.arange(w)[None, :] < xs.min() + (xs.max() - xs.min()) // 2 + 1)
-            inst[sel] = lab * 1000 + k
-    pred = gt.copy()
-    noise = rng.random((h, w)) < 0.25
-    pred[noise] = rng.choice([0, 7, 8, 11, 24, 25, 26, 27, 29, 30, 33, 21], size=int(noise.sum()))
-    return pred, gt, inst
 
 
 def write_frames(root, frames):

@@ -11,6 +11,7 @@ import torch
 
 from evaluation.coco import COCOEvaluator, evaluate, format_stats
 from tests.evaluation.oracles import assert_bytes_equal, coco_eval
+from tests.evaluation.synth import jittered_dets
 
 pytest.importorskip("pycocotools")
 
@@ -24,43 +25,6 @@ def coco_gt(shared_data) -> dict:
         {"id": 900002, "height": 200, "width": 200, "file_name": "y.jpg"},
     ]
     return gt
-
-
-def jittered_dets(gt: dict, seed: int, copies: int = 3) -> list[dict]:
-    """Noisy boxes around GTs (some with a wrong category), scores rounded to 0.1 (many ties), plus false
-    positives on an empty image and in categories without GT; one image gets no detections."""
-    rng = np.random.default_rng(seed)
-    cat_ids = [c["id"] for c in gt["categories"]]
-    skip_img = gt["annotations"][0]["image_id"]
-    dets = []
-    for a in gt["annotations"]:
-        if a["image_id"] == skip_img:
-            continue
-        for _ in range(copies):
-            b = np.asarray(a["bbox"], dtype=np.float64) + rng.normal(0, 0.08, 4) * (
-                np.sqrt(a["area"]) + 1
-            )
-            b[2:] = np.abs(b[2:])
-            cat = a["category_id"] if rng.random() > 0.15 else int(rng.choice(cat_ids))
-            dets.append(
-                {
-                    "image_id": a["image_id"],
-                    "category_id": cat,
-                    "bbox": [round(float(v), 1) for v in b],
-                    "score": round(float(rng.random()), 1),
-                }
-            )
-    for _ in range(20):
-        dets.append(
-            {
-                "image_id": 900001,
-                "category_id": int(rng.choice(cat_ids)),
-                "bbox": [float(rng.uniform(0, 200)), float(rng.uniform(0, 100)), 30.0, 40.0],
-                "score": round(float(rng.random()), 1),
-            }
-        )
-    rng.shuffle(dets)
-    return dets
 
 
 def assert_equal_to_oracle(gt, dets, iou_type="bbox", device="cpu", **kw):
@@ -267,7 +231,12 @@ def test_evaluator_segm_masks(coco_gt, device):
         anns = [a for a in coco_gt["annotations"] if a["image_id"] == im["id"]]
         if not anns:
             continue
-        masks = np.stack([np.roll(mask_utils.decode(coco.annToRLE(a)), int(rng.integers(-3, 4)), 1) for a in anns])
+        masks = np.stack(
+            [
+                np.roll(mask_utils.decode(coco.annToRLE(a)), int(rng.integers(-3, 4)), 1)
+                for a in anns
+            ]
+        )
         out = {
             "boxes": torch.zeros(len(anns), 4),
             "scores": torch.tensor([round(float(rng.random()), 1) for _ in anns]),

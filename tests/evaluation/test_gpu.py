@@ -10,14 +10,16 @@ import torch
 
 from evaluation.cityscapes import CityscapesEvaluator
 from evaluation.coco import evaluate
-from tests.evaluation.test_cityscapes import synthetic_frame
-from tests.evaluation.test_coco import jittered_dets
+from tests.evaluation.synth import jittered_dets, synthetic_frame
 
 
 @pytest.mark.gpu
 def test_cuda_equals_cpu_coco_bbox(shared_data):
     gt = json.loads((shared_data / "coco_tiny/annotations/instances_val2017.json").read_text())
-    gt["images"] += [{"id": 900001, "height": 300, "width": 400}, {"id": 900002, "height": 200, "width": 200}]
+    gt["images"] += [
+        {"id": 900001, "height": 300, "width": 400},
+        {"id": 900002, "height": 200, "width": 200},
+    ]
     for seed in range(3):
         dets = jittered_dets(gt, seed)
         cpu, cuda = evaluate(gt, dets, device="cpu"), evaluate(gt, dets, device="cuda")

@@ -12,7 +12,7 @@ from PIL import Image
 from evaluation.cityscapes import LABELS
 from evaluation.semseg import SemSegEvaluator, confusion_matrix, ddpmseg_miou, miou_from_confusion
 from tests.evaluation.oracles import cityscapes_eval
-from tests.evaluation.test_cityscapes import synthetic_frame
+from tests.evaluation.synth import synthetic_frame
 
 LABEL_TO_TRAIN = np.full(256, 255, np.uint8)
 for _lb in LABELS:

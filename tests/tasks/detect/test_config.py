@@ -15,8 +15,13 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 def test_all_expected_configs_exist():
     names = {p.name for p in CONFIGS}
-    expected = {"diffdet_coco_r50.yaml", "diffdet_coco_r101.yaml", "diffdet_coco_swinb.yaml",
-                "diffdet_lvis_r50.yaml", "default_synthetic.yaml"}  # fmt: skip
+    expected = {
+        "diffdet_coco_r50.yaml",
+        "diffdet_coco_r101.yaml",
+        "diffdet_coco_swinb.yaml",
+        "diffdet_lvis_r50.yaml",
+        "default_synthetic.yaml",
+    }
     assert expected <= names
 
 
@@ -29,10 +34,21 @@ def test_config_loads(path):
 
 def test_official_coco_recipe():
     cfg = load_config(DetectConfig, CONFIG_DIR / "diffdet_coco_r50.yaml")
-    assert (cfg.solver.base_lr, cfg.solver.batch_size, cfg.solver.weight_decay) == (2.5e-5, 16, 1e-4)
-    assert (cfg.solver.max_iter, cfg.solver.steps, cfg.solver.warmup_iters) == (450000, (350000, 420000), 1000)
+    assert (cfg.solver.base_lr, cfg.solver.batch_size, cfg.solver.weight_decay) == (
+        2.5e-5,
+        16,
+        1e-4,
+    )
+    assert (cfg.solver.max_iter, cfg.solver.steps, cfg.solver.warmup_iters) == (
+        450000,
+        (350000, 420000),
+        1000,
+    )
     assert cfg.model.head.num_proposals == 500 and cfg.model.head.num_stages == 6
-    assert cfg.data.min_size_train == tuple(range(480, 801, 32)) and cfg.data.crop_size == (384, 600)
+    assert cfg.data.min_size_train == tuple(range(480, 801, 32)) and cfg.data.crop_size == (
+        384,
+        600,
+    )
     assert (cfg.model.backbone.norm, cfg.model.backbone.freeze_at) == ("frozen_bn", 2)
     r101 = load_config(DetectConfig, CONFIG_DIR / "diffdet_coco_r101.yaml")
     assert r101.model.backbone.name == "resnet101" and r101.solver.max_iter == 450000
@@ -55,7 +71,11 @@ def test_default_synthetic_is_small_and_evaluates_1_4_8_steps():
 
 
 def test_overrides_and_errors(tmp_path):
-    cfg = load_config(DetectConfig, CONFIG_DIR / "diffdet_coco_r50.yaml", ["solver.base_lr=1e-4", "model.head.num_stages=2"])
+    cfg = load_config(
+        DetectConfig,
+        CONFIG_DIR / "diffdet_coco_r50.yaml",
+        ["solver.base_lr=1e-4", "model.head.num_stages=2"],
+    )
     assert cfg.solver.base_lr == 1e-4 and cfg.model.head.num_stages == 2
     with pytest.raises(ValueError, match="num_stagez"):
         load_config(DetectConfig, None, ["model.head.num_stagez=2"])

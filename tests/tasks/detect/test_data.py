@@ -26,19 +26,51 @@ def _write_custom(tmp_path):
     for name, (w, h) in {"a.png": (40, 30), "b.png": (20, 20)}.items():
         Image.new("RGB", (w, h), (10, 20, 30)).save(tmp_path / "img" / name)
     data = {
-        "images": [{"id": 7, "file_name": "a.png", "width": 40, "height": 30},
-                   {"id": 3, "file_name": "b.png", "width": 20, "height": 20}],
+        "images": [
+            {"id": 7, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 3, "file_name": "b.png", "width": 20, "height": 20},
+        ],
         "categories": [{"id": 9, "name": "dog"}, {"id": 2, "name": "cat"}],
         "annotations": [
             {"id": 1, "image_id": 7, "category_id": 9, "bbox": [1, 2, 10, 5], "iscrowd": 0},
-            {"id": 2, "image_id": 7, "category_id": 2, "bbox": [30, 20, 20, 20], "iscrowd": 0},  # clipped
-            {"id": 3, "image_id": 7, "category_id": 2, "bbox": [5, 5, 0, 3], "iscrowd": 0},  # zero width
-            {"id": 4, "image_id": 7, "category_id": 5, "bbox": [5, 5, 3, 3], "iscrowd": 0},  # unknown category
-            {"id": 5, "image_id": 7, "category_id": 2, "bbox": [50, 50, 3, 3], "iscrowd": 0},  # outside
+            {
+                "id": 2,
+                "image_id": 7,
+                "category_id": 2,
+                "bbox": [30, 20, 20, 20],
+                "iscrowd": 0,
+            },  # clipped
+            {
+                "id": 3,
+                "image_id": 7,
+                "category_id": 2,
+                "bbox": [5, 5, 0, 3],
+                "iscrowd": 0,
+            },  # zero width
+            {
+                "id": 4,
+                "image_id": 7,
+                "category_id": 5,
+                "bbox": [5, 5, 3, 3],
+                "iscrowd": 0,
+            },  # unknown category
+            {
+                "id": 5,
+                "image_id": 7,
+                "category_id": 2,
+                "bbox": [50, 50, 3, 3],
+                "iscrowd": 0,
+            },  # outside
             {"id": 6, "image_id": 7, "category_id": 9, "bbox": [0, 0, 5, 5], "iscrowd": 1},  # crowd
-            {"id": 7, "image_id": 7, "category_id": 9, "bbox": [1, 1, -3, 5], "iscrowd": 0},  # negative
+            {
+                "id": 7,
+                "image_id": 7,
+                "category_id": 9,
+                "bbox": [1, 1, -3, 5],
+                "iscrowd": 0,
+            },  # negative
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "custom.json"
     path.write_text(json.dumps(data))
     return path
@@ -58,8 +90,14 @@ def test_custom_dataset_hygiene_and_label_mapping(tmp_path, caplog):
     assert recs.issues["boxes entirely outside the image skipped"] == 1
     assert recs.issues["boxes reaching outside the image clipped"] == 1
     assert recs.issues["crowd annotations dropped"] == 1
-    assert "custom.json" in caplog.text and "non-positive" in caplog.text and "crowd" not in caplog.text
-    item = DetectionDataset(recs, build_test_transform(DataConfig(min_size_test=60, max_size_test=100)))[0]
+    assert (
+        "custom.json" in caplog.text
+        and "non-positive" in caplog.text
+        and "crowd" not in caplog.text
+    )
+    item = DetectionDataset(
+        recs, build_test_transform(DataConfig(min_size_test=60, max_size_test=100))
+    )[0]
     assert item["image"].shape == (3, 60, 80) and item["orig_size"] == (30, 40)
     np.testing.assert_allclose(item["boxes_xyxy"][0].numpy(), [2, 4, 22, 14])
 
@@ -69,7 +107,11 @@ def test_bad_files_raise_naming_the_file(tmp_path):
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png"}], "categories": []}))
     with pytest.raises(ValueError, match="broken.json.*height"):
         load_detection_json(path, tmp_path)
-    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png", "height": 5, "width": 5}], "categories": []}))
+    path.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "x.png", "height": 5, "width": 5}], "categories": []}
+        )
+    )
     recs = load_detection_json(path, tmp_path)
     with pytest.raises(ValueError, match="broken.json.*x.png"):
         DetectionDataset(recs, build_test_transform(DataConfig()))[0]
@@ -77,12 +119,24 @@ def test_bad_files_raise_naming_the_file(tmp_path):
 
 def test_lvis_v1_uses_coco_url_and_image_counts(tmp_path):
     data = {
-        "images": [{"id": 1, "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg", "height": 10,
-                    "width": 10, "neg_category_ids": [], "not_exhaustive_category_ids": []}],
-        "categories": [{"id": 1, "name": "a", "image_count": 5, "frequency": "r"},
-                       {"id": 3, "name": "b", "image_count": 50, "frequency": "f"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "area": 4}],
-    }  # fmt: skip
+        "images": [
+            {
+                "id": 1,
+                "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg",
+                "height": 10,
+                "width": 10,
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+            }
+        ],
+        "categories": [
+            {"id": 1, "name": "a", "image_count": 5, "frequency": "r"},
+            {"id": 3, "name": "b", "image_count": 50, "frequency": "f"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "area": 4}
+        ],
+    }
     path = tmp_path / "lvis_v1_val.json"
     path.write_text(json.dumps(data))
     recs = load_detection_json(path, "/data/coco", fmt="lvis")
@@ -95,16 +149,34 @@ def test_coco_tiny(shared_data):
     recs = load_detection_json(root / "annotations/instances_val2017.json", root / "val2017")
     assert len(recs.images) == 80 and len(recs.label_to_category_id) == 80
     raw = json.loads((root / "annotations/instances_val2017.json").read_text())
-    assert sum(len(r.labels) for r in recs.images) == sum(1 for a in raw["annotations"] if not a["iscrowd"])
-    ds = DetectionDataset(recs, build_train_transform(DataConfig(min_size_train=(96, 128), max_size_train=200,
-                                                                 crop_resize_short=(100,), crop_size=(64, 96))))
+    assert sum(len(r.labels) for r in recs.images) == sum(
+        1 for a in raw["annotations"] if not a["iscrowd"]
+    )
+    ds = DetectionDataset(
+        recs,
+        build_train_transform(
+            DataConfig(
+                min_size_train=(96, 128),
+                max_size_train=200,
+                crop_resize_short=(100,),
+                crop_size=(64, 96),
+            )
+        ),
+    )
     a, b = ds[(3, 123)], ds[(3, 123)]
     assert a["image"].dtype.is_floating_point is False and min(a["image"].shape[1:]) in (96, 128)
     assert (a["image"] == b["image"]).all() and (a["boxes_xyxy"] == b["boxes_xyxy"]).all()
     h, w = a["image"].shape[1:]
     boxes = a["boxes_xyxy"]
     assert (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()
-    assert len(subset_gt(root / "annotations/instances_val2017.json", [recs.images[0].image_id])["images"]) == 1
+    assert (
+        len(
+            subset_gt(root / "annotations/instances_val2017.json", [recs.images[0].image_id])[
+                "images"
+            ]
+        )
+        == 1
+    )
 
 
 def test_train_sampler_sharding_resume_and_determinism():

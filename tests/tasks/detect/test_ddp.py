@@ -23,8 +23,19 @@ def _free_port() -> int:
 
 
 def _torchrun(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / script), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / script),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -41,8 +52,12 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert [r["iteration"] for r in records if r["type"] == "train"] == [1, 2]  # rank 0 writes once
     weights = out / "checkpoint_0000002.pt"
     evald = tmp_path / "eval"
-    run = _torchrun("tasks/detect/evaluate.py", ["--weights", str(weights), *tiny_overrides(evald, data, 2)])
+    run = _torchrun(
+        "tasks/detect/evaluate.py", ["--weights", str(weights), *tiny_overrides(evald, data, 2)]
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     dets = json.loads((evald / "detections_steps1.json").read_text())
     val = json.loads(Path(data[2].split("=", 1)[1]).read_text())
-    assert {d["image_id"] for d in dets} == {im["id"] for im in val["images"]}  # both ranks' images gathered
+    assert {d["image_id"] for d in dets} == {
+        im["id"] for im in val["images"]
+    }  # both ranks' images gathered

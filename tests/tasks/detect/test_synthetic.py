@@ -27,7 +27,9 @@ def test_layout_and_coco_validity(dataset):
         assert [c["name"] for c in data["categories"]] == list(CATEGORIES)
         sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
         for im in data["images"][:5]:
-            assert Image.open(f"{paths[f'{split}_images']}/{im['file_name']}").size == sizes[im["id"]]
+            assert (
+                Image.open(f"{paths[f'{split}_images']}/{im['file_name']}").size == sizes[im["id"]]
+            )
         for ann in data["annotations"]:
             x, y, w, h = ann["bbox"]
             width, height = sizes[ann["image_id"]]
@@ -60,4 +62,5 @@ def test_boxes_are_tight_around_visible_pixels():
     image, objects = render_image(rng, 128, 128, 5)
     assert image.shape == (128, 128, 3) and image.dtype == np.uint8
     for category, (x, y, w, h), area in objects:
-        assert 0 <= category < len(CATEGORIES) and area <= w * h
+        assert 0 <= category < len(CATEGORIES) and 0 < area <= w * h
+        assert x >= 0 and y >= 0 and x + w <= 128 and y + h <= 128

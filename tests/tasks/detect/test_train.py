@@ -15,21 +15,36 @@ from tests.tasks.detect._tiny import tiny_overrides, tiny_synthetic
 def test_train_two_iterations_on_coco_tiny(shared_data, tmp_path):
     root = shared_data / "coco_tiny"
     data = [
-        f"data.train_json={root}/annotations/instances_train2017.json", f"data.train_images={root}/train2017",
-        f"data.val_json={root}/annotations/instances_val2017.json", f"data.val_images={root}/val2017",
-        "model.head.num_classes=80", "test.max_eval_images=3", "data.num_workers=1",
-    ]  # fmt: skip
+        f"data.train_json={root}/annotations/instances_train2017.json",
+        f"data.train_images={root}/train2017",
+        f"data.val_json={root}/annotations/instances_val2017.json",
+        f"data.val_images={root}/val2017",
+        "model.head.num_classes=80",
+        "test.max_eval_images=3",
+        "data.num_workers=1",
+    ]
     out = tmp_path / "run"
     metrics = train.main(tiny_overrides(out, data, 2, "checkpoint_period=2"))
     assert set(metrics) == {"steps_1"} and len(metrics["steps_1"]["stats"]) == 12
-    for name in ("config.yaml", "log.txt", "log.jsonl", "metrics.json", "checkpoint_0000002.pt", "model_final.pt"):
+    for name in (
+        "config.yaml",
+        "log.txt",
+        "log.jsonl",
+        "metrics.json",
+        "checkpoint_0000002.pt",
+        "model_final.pt",
+    ):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if r["type"] == "train"]
     assert [r["iteration"] for r in train_recs] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in train_recs)
     assert any(r["type"] == "eval" and r["steps"] == 1 for r in records)
-    assert json.loads((out / "metrics.json").read_text())["steps_1"]["bbox"].keys() >= {"AP", "AP50", "APs"}
+    assert json.loads((out / "metrics.json").read_text())["steps_1"]["bbox"].keys() >= {
+        "AP",
+        "AP50",
+        "APs",
+    }
 
 
 def test_non_finite_loss_raises_with_loss_dict(tmp_path, monkeypatch):

@@ -56,19 +56,25 @@ def test_crop_clips_and_drops_boxes():
 
 
 def test_train_transform_sizes_and_reproducibility():
-    cfg = DataConfig(min_size_train=(64, 80), max_size_train=200, crop_resize_short=(70,), crop_size=(40, 60))
+    cfg = DataConfig(
+        min_size_train=(64, 80), max_size_train=200, crop_resize_short=(70,), crop_size=(40, 60)
+    )
     tfm = build_train_transform(cfg)
     shapes = set()
     for seed in range(30):
         a = tfm(_sample(), np.random.default_rng(seed))
         b = tfm(_sample(), np.random.default_rng(seed))
-        assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and np.array_equal(a.boxes_xyxy, b.boxes_xyxy)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and np.array_equal(
+            a.boxes_xyxy, b.boxes_xyxy
+        )
         assert min(a.image.size) in (64, 80) and max(a.image.size) <= 200
         shapes.add(a.image.size)
     assert len(shapes) > 2  # multi-scale and crop paths both used
 
 
 def test_test_transform_is_deterministic_resize():
-    out = build_test_transform(DataConfig(min_size_test=50, max_size_test=500))(_sample(), np.random.default_rng())
+    out = build_test_transform(DataConfig(min_size_test=50, max_size_test=500))(
+        _sample(), np.random.default_rng()
+    )
     assert out.image.size == (100, 50)
     np.testing.assert_allclose(out.boxes_xyxy[1], [75, 0, 100, 50])
