@@ -48,7 +48,7 @@ class SyntheticSpec:
     num_val: int = 250
     min_image_size: int = 112
     max_image_size: int = 160
-    max_objects: int = 6
+    max_objects: int = 10
     empty_fraction: float = 0.03
     seed: int = 20261122
 

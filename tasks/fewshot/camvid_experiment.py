@@ -33,7 +33,14 @@ from backbones.adm_unet import ADMUNet
 from backbones.features import extract_per_image
 from diffusion_core import NoiseSchedule
 from tasks.common.ema import ModelEMA
-from tasks.fewshot.data import CAMVID_IGNORE, CAMVID_PALETTE, camvid_pairs, colorize, load_split, overlay
+from tasks.fewshot.data import (
+    CAMVID_IGNORE,
+    CAMVID_PALETTE,
+    camvid_pairs,
+    colorize,
+    load_split,
+    overlay,
+)
 from tasks.fewshot.metrics import miou_both
 from tasks.fewshot.pixel_classifier import PixelBank, predict_image, train_ensemble
 from tasks.fewshot.train_diffusion import diffusion_loss, sample_images, save_grid

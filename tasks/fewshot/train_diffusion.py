@@ -31,14 +31,21 @@ from tqdm.auto import tqdm
 from backbones.adm_unet import ADMUNet
 from diffusion_core import (
     NoiseSchedule,
+    ddim_step,
     dpm_solver_2m_sample,
     q_sample,
-    sample_loop,
     sample_timesteps,
     sampling_pairs,
+    to_x0_eps,
     training_target,
 )
-from tasks.common.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tasks.common.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tasks.common.config import add_config_args, load_config, save_config
 from tasks.common.dist import barrier, init_distributed, is_main
 from tasks.common.ema import ModelEMA
@@ -62,23 +69,34 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: Tensor, 
 @torch.no_grad()
 def sample_images(
     model: ADMUNet, schedule: NoiseSchedule, n: int, size: tuple[int, int], *, steps: int = 50,
-    sampler: str = "ddim", seed: int = 0, device: torch.device | str = "cpu",
+    sampler: str = "ddim", seed: int = 0, device: torch.device | str = "cpu", clip: bool = True,
 ) -> Tensor:
-    """``n`` samples (n, 3, H, W) in [-1, 1] with DDIM (eta 0) or DPM-Solver++(2M)."""
+    """``n`` samples (n, 3, H, W) in [-1, 1] with DDIM (eta 0) or DPM-Solver++(2M).
+
+    ``clip`` (DDIM only) clamps the predicted x0 to [-1, 1] at every step and re-derives eps from
+    it, guided-diffusion's ``clip_denoised=True``; without it a briefly trained model diverges.
+    """
     gen = torch.Generator(device=device).manual_seed(seed)
-    x_T = torch.randn(n, 3, *size, generator=gen, device=device)
-    channels = 3
+    x = torch.randn(n, 3, *size, generator=gen, device=device)
+    pairs = sampling_pairs(schedule.num_timesteps, steps)
 
-    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t)[:, :channels].float()
+    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        return model(x_t, t)[:, :3].float()
 
-    if sampler == "ddim":
-        out = sample_loop(eps_fn, schedule, x_T, sampling_pairs(schedule.num_timesteps, steps)).prev_sample
-    elif sampler == "dpm_solver":
-        out = dpm_solver_2m_sample(eps_fn, schedule, x_T, sampling_pairs(schedule.num_timesteps, steps)).prev_sample
-    else:
+    if sampler == "dpm_solver":
+        return dpm_solver_2m_sample(eps_fn, schedule, x, pairs).prev_sample.clamp(-1, 1)
+    if sampler != "ddim":
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'dpm_solver'")
-    return out.clamp(-1, 1)
+    abar = schedule.alphas_cumprod.to(device)
+    for t_int, t_prev_int in pairs:
+        t = torch.full((n,), t_int, dtype=torch.long, device=device)
+        x0, eps = to_x0_eps(schedule, x, t, eps_fn(x, t), "epsilon")
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            a = abar[t_int].to(x.dtype)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        x = ddim_step(schedule, x, t, torch.full_like(t, t_prev_int), x0, eps).prev_sample
+    return x.clamp(-1, 1)
 
 
 def save_grid(images: Tensor, path: str | Path, ncol: int = 8) -> None:

@@ -29,7 +29,7 @@ def test_stacked_training_equals_independent_members():
     ens.train()
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in members]
     stacked = torch.optim.Adam(ens.parameters(), lr=1e-3)  # elementwise: = 3 independent Adams
-    for step in range(4):
+    for _step in range(4):
         x = torch.randn(3, 8, 6)
         y = torch.randint(0, 4, (3, 8))
         loss = F.cross_entropy(ens(x).reshape(-1, 4), y.reshape(-1), reduction="none").reshape(3, 8).mean(1)
