@@ -17,7 +17,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 class ModelEMA:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta after every optimiser step; buffers are copied."""
+    """theta_ema <- d * theta_ema + (1 - d) * theta after every optimiser step; buffers are copied.
+
+    ``d`` is ``decay``, or with ``update(model, step=k)`` the warmed-up ``min(decay, (1 + k) / (10 + k))``, so that
+    short runs are not dominated by the initial weights (with decay 0.999, 1,000 plain updates still keep 37% of
+    them). Passing the global step keeps the EMA exactly resumable without extra state.
+    """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
         if not 0.0 <= decay < 1.0:
@@ -27,13 +32,18 @@ class ModelEMA:
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay used for the update at global step ``step`` (None: no warm-up)."""
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        decay = self.decay_at(step)
         src = unwrap_model(model).state_dict()
         for name, value in self.module.state_dict().items():
             new = src[name].detach()
             if value.dtype.is_floating_point:
-                value.mul_(self.decay).add_(new.to(value.dtype), alpha=1.0 - self.decay)
+                value.mul_(decay).add_(new.to(value.dtype), alpha=1.0 - decay)
             else:
                 value.copy_(new)
 

@@ -95,7 +95,7 @@ def train_diffusion(images: torch.Tensor, seconds: float, device: torch.device, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema.update(model)
+        ema.update(model, step=it)  # warmed-up decay (see ModelEMA)
         it += 1
         if it % 100 == 0:
             losses.append((it, round(loss.item(), 5)))

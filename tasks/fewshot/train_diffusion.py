@@ -171,7 +171,7 @@ def train(cfg: FewShotConfig) -> Path:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        ema.update(model)
+        ema.update(model, step=it)  # warmed-up decay: short runs are not stuck near the init
         if is_main() and (it + 1) % cfg.diffusion.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             jsonl.write({"iteration": it + 1, "loss": loss.item(), "seconds": time.time() - tic})

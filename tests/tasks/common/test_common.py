@@ -124,3 +124,9 @@ def test_ema_tracks_weights() -> None:
     torch.testing.assert_close(ema.module.weight, 0.5 * before + 0.5)
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(model, decay=1.0)
+    # warm-up: the first update (step 0) uses decay 1/10, so the EMA jumps most of the way to the weights
+    ema = ModelEMA(torch.nn.Linear(2, 1), decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.999
+    before = ema.module.weight.clone()
+    ema.update(model, step=0)
+    torch.testing.assert_close(ema.module.weight, 0.1 * before + 0.9)
