@@ -166,7 +166,8 @@ def build_data(cfg: DetectConfig, info: DistInfo) -> DataBundle:
     return DataBundle(loader, sampler, val_loader, val_gt, records)
 
 
-def build_model(cfg: DetectConfig, records: D.DetectionRecords, info: DistInfo) -> torch.nn.Module:
+def build_model(cfg: DetectConfig, info: DistInfo) -> torch.nn.Module:
+    """The detector on ``info.device``, wrapped in DDP when running with several processes."""
     from tasks.detect.model import build_detector
 
     model = build_detector(cfg.model).to(info.device)
@@ -300,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save_config(cfg, out / "config.yaml")
     seed_everything(cfg.seed + info.rank)
     bundle = build_data(cfg, info)
-    model = build_model(cfg, bundle.records, info)
+    model = build_model(cfg, info)
     optimizer = build_optimizer(model, cfg.solver)
     ema = ModelEMA(model, cfg.solver.ema_decay) if cfg.solver.ema else None
     scaler = torch.amp.GradScaler(info.device.type) if cfg.solver.amp == "fp16" else None
@@ -308,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.resume and (ckpt := latest_checkpoint(out)) is not None:
         state = restore_training_state(ckpt, model, optimizer, ema, scaler, info)
         logger.info("resumed from %s at iteration %d", ckpt, state.iteration)
+    elif args.resume:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", out)
     jsonl = JsonlLogger(out / "log.jsonl")
     on_step = StepHooks(
         cfg, model, optimizer, ema, scaler, bundle, info, jsonl, logger, state.iteration

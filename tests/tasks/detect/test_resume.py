@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tasks.common.checkpoint import load_checkpoint
@@ -10,7 +9,6 @@ from tasks.detect import train
 from tests.tasks.detect._tiny import tiny_overrides, tiny_synthetic
 
 
-@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     data = tiny_synthetic(tmp_path / "synth") + ["data.val_json=null", "checkpoint_period=2"]
     # 6 train images, batch 2 -> 3 batches per epoch: iterations 1-4 cross an epoch boundary

@@ -11,7 +11,6 @@ from tasks.detect import train
 from tests.tasks.detect._tiny import tiny_overrides, tiny_synthetic
 
 
-@pytest.mark.slow
 def test_train_two_iterations_on_coco_tiny(shared_data, tmp_path):
     root = shared_data / "coco_tiny"
     data = [
@@ -74,3 +73,28 @@ def test_mismatched_num_classes_is_a_clear_error(tmp_path):
     data = tiny_synthetic(tmp_path / "synth")
     with pytest.raises(ValueError, match="num_classes=6"):
         train.main(tiny_overrides(tmp_path / "run", data, 1, "model.head.num_classes=3"))
+
+
+def test_evaluate_writes_detections_metrics_and_drawings(tmp_path):
+    from tasks.detect import evaluate
+
+    data = tiny_synthetic(tmp_path / "synth")
+    train.main(tiny_overrides(tmp_path / "run", data, 1, "checkpoint_period=1"))
+    out = tmp_path / "eval"
+    weights = tmp_path / "run" / "model_final.pt"
+    metrics = evaluate.main(
+        [
+            "--weights",
+            str(weights),
+            "--vis",
+            "2",
+            "--vis-threshold",
+            "0",
+            *tiny_overrides(out, data, 1),
+        ]
+    )
+    assert len(metrics["steps_1"]["stats"]) == 12
+    dets = json.loads((out / "detections_steps1.json").read_text())
+    assert dets and {"image_id", "category_id", "bbox", "score"} <= dets[0].keys()
+    assert {d["category_id"] for d in dets} <= set(range(1, 7))  # mapped back to category ids
+    assert len(list((out / "vis").glob("*.png"))) == 2
