@@ -166,11 +166,23 @@ def build_data(cfg: DetectConfig, info: DistInfo) -> DataBundle:
     return DataBundle(loader, sampler, val_loader, val_gt, records)
 
 
-def build_model(cfg: DetectConfig, info: DistInfo) -> torch.nn.Module:
-    """The detector on ``info.device``, wrapped in DDP when running with several processes."""
+def build_model(
+    cfg: DetectConfig, info: DistInfo, class_image_counts: Sequence[int] | None = None
+) -> torch.nn.Module:
+    """The detector on ``info.device``, wrapped in DDP when running with several processes.
+
+    With ``model.loss.use_fed_loss`` (LVIS), the federated loss samples classes with weights
+    ``class_image_counts ** fed_loss_freq_weight_power`` (detectron2's ``get_fed_loss_cls_weights``).
+    """
     from tasks.detect.model import build_detector
 
-    model = build_detector(cfg.model).to(info.device)
+    model = build_detector(cfg.model)
+    if cfg.model.loss.use_fed_loss:
+        if class_image_counts is None:
+            raise ValueError("model.loss.use_fed_loss needs the per-class image counts of the train set")
+        counts = torch.tensor(class_image_counts, dtype=torch.float32)
+        model.criterion.set_fed_loss_weights(counts ** cfg.model.loss.fed_loss_freq_weight_power)
+    model = model.to(info.device)
     if info.world_size > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(
@@ -301,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save_config(cfg, out / "config.yaml")
     seed_everything(cfg.seed + info.rank)
     bundle = build_data(cfg, info)
-    model = build_model(cfg, info)
+    model = build_model(cfg, info, bundle.records.class_image_counts)
     optimizer = build_optimizer(model, cfg.solver)
     ema = ModelEMA(model, cfg.solver.ema_decay) if cfg.solver.ema else None
     scaler = torch.amp.GradScaler(info.device.type) if cfg.solver.amp == "fp16" else None

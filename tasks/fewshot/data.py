@@ -117,7 +117,7 @@ def load_images(files: list[Path], size: tuple[int, int]) -> Tensor:
     out = torch.empty(len(files), 3, *size, dtype=torch.uint8)
     for i, path in enumerate(files):
         image = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-        out[i] = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     return out
 
 

@@ -98,3 +98,20 @@ def test_evaluate_writes_detections_metrics_and_drawings(tmp_path):
     assert dets and {"image_id", "category_id", "bbox", "score"} <= dets[0].keys()
     assert {d["category_id"] for d in dets} <= set(range(1, 7))  # mapped back to category ids
     assert len(list((out / "vis").glob("*.png"))) == 2
+
+
+def test_fed_loss_weights_come_from_class_image_counts():
+    from tasks.common.config import load_config
+    from tasks.common.dist import DistInfo
+    from tasks.detect.config import DetectConfig
+    from tasks.detect.train import build_model
+    from tests.tasks.detect._tiny import TINY_MODEL
+
+    cfg = load_config(
+        DetectConfig, None, TINY_MODEL + ["model.head.num_classes=3", "model.loss.use_fed_loss=true"]
+    )
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    model = build_model(cfg, info, [4, 9, 1])
+    torch.testing.assert_close(model.criterion.fed_loss_cls_weights, torch.tensor([2.0, 3.0, 1.0]))
+    with pytest.raises(ValueError, match="per-class image counts"):
+        build_model(cfg, info, None)
