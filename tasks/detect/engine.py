@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from tasks.common.dist import get_rank, is_main, reduce_dict
 from tasks.common.ema import ModelEMA, unwrap_model
 from tasks.common.schedule import warmup_step_lr
-from tasks.detect.config import SolverConfig
+from tasks.detect.config import DetectConfig, SolverConfig
 
 
 @dataclass
@@ -227,3 +227,47 @@ def format_losses(losses: dict[str, float]) -> str:
     return "  ".join(
         f"{k}: {losses[k]:.4g}" for k in keys if k in losses and math.isfinite(losses[k])
     )
+
+
+def evaluate_each_steps(
+    model: nn.Module,
+    loader: Iterable,
+    evaluator: Any,
+    cfg: DetectConfig,
+    *,
+    device: torch.device,
+    steps_list: Sequence[int],
+) -> Iterator[tuple[int, dict]]:
+    """:func:`evaluate` once per sampling-steps setting, yielding ``(steps, result)``.
+
+    The evaluator is reused, so ``evaluator.results()`` read inside the loop belongs to that setting.
+    """
+    for steps in steps_list:
+        yield (
+            steps,
+            evaluate(
+                model,
+                loader,
+                evaluator,
+                device=device,
+                steps=steps,
+                num_boxes=cfg.test.num_proposals,
+                seed=cfg.seed,
+                amp=cfg.solver.amp,
+                desc=f"eval {steps} step(s)",
+            ),
+        )
+
+
+def result_summary(result: dict) -> dict:
+    """An evaluation result without its per-category breakdown (what metrics.json and the logs keep)."""
+    return {k: v for k, v in result.items() if k != "per_category"}
+
+
+def describe_result(result: dict, data_format: str) -> str:
+    """Log text for a result: the familiar COCO table on a new line, else the summary numbers."""
+    if "stats" in result and data_format == "coco":
+        from evaluation.coco import format_stats
+
+        return "\n" + format_stats(result["stats"])
+    return f" {result_summary(result)}"

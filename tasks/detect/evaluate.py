@@ -29,7 +29,12 @@ from tasks.common.dist import all_gather_object, cleanup, init_distributed, is_m
 from tasks.common.log import setup_logging
 from tasks.detect import data as D
 from tasks.detect.config import DetectConfig
-from tasks.detect.engine import evaluate, to_evaluator_output
+from tasks.detect.engine import (
+    describe_result,
+    evaluate_each_steps,
+    result_summary,
+    to_evaluator_output,
+)
 from tasks.detect.predictor import DiffusionDetector
 from tasks.detect.train import DEFAULT_CONFIG, LOGGER_NAME, build_evaluator, build_val_loader
 
@@ -116,23 +121,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ).model
     evaluator = build_evaluator(cfg, gt, label_map, info.device)
     metrics: dict[str, Any] = {}
-    for steps in cfg.test.eval_steps:
-        result = evaluate(
-            model,
-            loader,
-            evaluator,
-            device=info.device,
-            steps=steps,
-            num_boxes=cfg.test.num_proposals,
-            seed=cfg.seed,
-            amp=cfg.solver.amp,
-            desc=f"eval {steps} step(s)",
-        )
+    for steps, result in evaluate_each_steps(
+        model, loader, evaluator, cfg, device=info.device, steps_list=cfg.test.eval_steps
+    ):
         detections = [r for part in all_gather_object(evaluator.results()) for r in part]
         if is_main():
             (out / f"detections_steps{steps}.json").write_text(json.dumps(detections))
-            metrics[f"steps_{steps}"] = {k: v for k, v in result.items() if k != "per_category"}
-            _log_table(logger, cfg, steps, result)
+            metrics[f"steps_{steps}"] = result_summary(result)
+            logger.info("%d sampling step(s):%s", steps, describe_result(result, cfg.data.format))
     if is_main():
         (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
         if args.vis > 0:
@@ -143,19 +139,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             logger.info("drew %d images into %s", args.vis, out / "vis")
     cleanup()
     return metrics
-
-
-def _log_table(logger, cfg: DetectConfig, steps: int, result: dict) -> None:
-    if cfg.data.format == "coco":
-        from evaluation.coco import format_stats
-
-        logger.info("%d sampling step(s):\n%s", steps, format_stats(result["stats"]))
-    else:
-        logger.info(
-            "%d sampling step(s): %s",
-            steps,
-            {k: v for k, v in result.items() if k != "per_category"},
-        )
 
 
 if __name__ == "__main__":

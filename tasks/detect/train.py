@@ -53,8 +53,10 @@ from tasks.detect.config import DetectConfig
 from tasks.detect.engine import (
     TrainState,
     build_optimizer,
-    evaluate,
+    describe_result,
+    evaluate_each_steps,
     format_losses,
+    result_summary,
     train_one_epoch,
 )
 from tasks.detect.transforms import build_test_transform, build_train_transform
@@ -179,9 +181,11 @@ def build_model(
     model = build_detector(cfg.model)
     if cfg.model.loss.use_fed_loss:
         if class_image_counts is None:
-            raise ValueError("model.loss.use_fed_loss needs the per-class image counts of the train set")
+            raise ValueError(
+                "model.loss.use_fed_loss needs the per-class image counts of the train set"
+            )
         counts = torch.tensor(class_image_counts, dtype=torch.float32)
-        model.criterion.set_fed_loss_weights(counts ** cfg.model.loss.fed_loss_freq_weight_power)
+        model.criterion.set_fed_loss_weights(counts**cfg.model.loss.fed_loss_freq_weight_power)
     model = model.to(info.device)
     if info.world_size > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
@@ -257,8 +261,6 @@ def run_evaluation(
     logger: logging.Logger,
 ) -> dict[str, Any]:
     """Evaluate with each sampling-steps setting; log a table and one JSON record per setting."""
-    from evaluation.coco import format_stats
-
     if bundle.val_loader is None:
         logger.warning("no validation set configured (data.val_json); skipping evaluation")
         return {}
@@ -267,35 +269,18 @@ def run_evaluation(
     )
     eval_model = ema.module if ema is not None else model
     metrics = {}
-    for steps in steps_list:
-        result = evaluate(
-            eval_model,
-            bundle.val_loader,
-            evaluator,
-            device=info.device,
-            steps=steps,
-            num_boxes=cfg.test.num_proposals,
-            seed=cfg.seed,
-            amp=cfg.solver.amp,
-            desc=f"eval {steps} step(s)",
-        )
+    for steps, result in evaluate_each_steps(
+        eval_model, bundle.val_loader, evaluator, cfg, device=info.device, steps_list=steps_list
+    ):
         if not is_main():
             continue
-        metrics[f"steps_{steps}"] = {k: v for k, v in result.items() if k != "per_category"}
-        if "stats" in result and cfg.data.format == "coco":
-            logger.info(
-                "iteration %d, %d sampling step(s):\n%s",
-                iteration,
-                steps,
-                format_stats(result["stats"]),
-            )
-        else:
-            logger.info(
-                "iteration %d, %d sampling step(s): %s",
-                iteration,
-                steps,
-                {k: v for k, v in result.items() if k != "per_category"},
-            )
+        metrics[f"steps_{steps}"] = result_summary(result)
+        logger.info(
+            "iteration %d, %d sampling step(s):%s",
+            iteration,
+            steps,
+            describe_result(result, cfg.data.format),
+        )
         jsonl.write(
             {"type": "eval", "iteration": iteration, "steps": steps, **metrics[f"steps_{steps}"]}
         )
