@@ -43,7 +43,7 @@ from tasks.fewshot.data import (
 )
 from tasks.fewshot.metrics import miou_both
 from tasks.fewshot.pixel_classifier import PixelBank, predict_image, train_ensemble
-from tasks.fewshot.train_diffusion import diffusion_loss, sample_images, save_grid
+from tasks.fewshot.train_diffusion import sample_images, save_grid, train_step
 
 logger = logging.getLogger("fewshot.camvid")
 
@@ -82,6 +82,7 @@ def train_diffusion(images: torch.Tensor, seconds: float, device: torch.device, 
     schedule = NoiseSchedule.from_name("linear", 1000).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
     amp = torch.bfloat16 if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
     data = images.to(device)
     gen = torch.Generator().manual_seed(0)
     start, it, losses = time.time(), 0, []
@@ -90,12 +91,7 @@ def train_diffusion(images: torch.Tensor, seconds: float, device: torch.device, 
         x0 = data[idx]
         flip = (torch.rand(batch, generator=gen) < 0.5).to(device)
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = diffusion_loss(model, schedule, x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(model, step=it)  # warmed-up decay (see ModelEMA)
+        loss = train_step(model, ema, opt, scaler, schedule, x0, step=it, amp=amp)
         it += 1
         if it % 100 == 0:
             losses.append((it, round(loss.item(), 5)))

@@ -112,6 +112,35 @@ def save_grid(images: Tensor, path: str | Path, ncol: int = 8) -> None:
     Image.fromarray(grid).save(path)
 
 
+def train_step(
+    model: torch.nn.Module,
+    ema: ModelEMA,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    *,
+    step: int,
+    amp: torch.dtype | None,
+    forward_model: torch.nn.Module | None = None,
+) -> Tensor:
+    """One optimiser step on images ``x0`` (B, C, H, W) in [-1, 1]; returns the loss.
+
+    Loss under autocast, a non-finite loss raises, backward/step through ``scaler`` (a disabled scaler is a plain
+    step), then the warmed-up EMA update at global ``step``. ``forward_model`` is the DDP wrapper when there is one.
+    """
+    with torch.autocast(x0.device.type, dtype=amp, enabled=amp is not None):
+        loss = diffusion_loss(forward_model or model, schedule, x0)
+    if not torch.isfinite(loss):
+        raise ValueError(f"non-finite diffusion loss {float(loss)} at iteration {step}")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    ema.update(model, step=step)  # warmed-up decay: short runs are not stuck near the init
+    return loss
+
+
 def _amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or name == "fp32":
         return None
@@ -163,15 +192,7 @@ def train(cfg: FewShotConfig) -> Path:
         x0 = data[idx].float().div(127.5).sub(1)
         flip = torch.rand(per_rank, generator=gen) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = diffusion_loss(ddp, schedule, x0)
-        if not torch.isfinite(loss):
-            raise ValueError(f"non-finite diffusion loss {float(loss)} at iteration {it}")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        ema.update(model, step=it)  # warmed-up decay: short runs are not stuck near the init
+        loss = train_step(model, ema, opt, scaler, schedule, x0, step=it, amp=amp, forward_model=ddp)
         if is_main() and (it + 1) % cfg.diffusion.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             jsonl.write({"iteration": it + 1, "loss": loss.item(), "seconds": time.time() - tic})
