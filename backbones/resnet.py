@@ -133,9 +133,9 @@ class BottleneckBlock(nn.Module):
 class Stem(nn.Module):
     """7x7 stride-2 conv + norm + ReLU + 3x3 stride-2 max-pool (output stride 4)."""
 
-    def __init__(self, norm: NormKind) -> None:
+    def __init__(self, norm: NormKind, channels: int = 64) -> None:
         super().__init__()
-        self.conv1 = ConvNorm(3, 64, 7, 2, norm)
+        self.conv1 = ConvNorm(3, channels, 7, 2, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.max_pool2d(F.relu_(self.conv1(x)), kernel_size=3, stride=2, padding=1)
@@ -149,6 +149,8 @@ class ResNet(nn.Module):
         norm: normalisation kind (see module docstring).
         freeze_at: number of leading stages (stem = 1, res2 = 2, ...) to freeze.
         out_features: which of ``res2..res5`` to return.
+        width: stem / res2 base width (64 = the standard ResNet). Other values scale every stage
+            (e.g. 32 halves all channels, about 4x fewer FLOPs) and only train from scratch.
     """
 
     def __init__(
@@ -158,8 +160,11 @@ class ResNet(nn.Module):
         norm: NormKind = "frozen_bn",
         freeze_at: int = 2,
         out_features: tuple[str, ...] = STAGES,
+        width: int = 64,
     ) -> None:
         super().__init__()
+        if width < 8:
+            raise ValueError(f"ResNet width must be >= 8, got {width}")
         if depth not in _DEPTHS:
             raise ValueError(f"unsupported ResNet depth {depth}; choose from {sorted(_DEPTHS)}")
         if not 0 <= freeze_at <= 5:
@@ -169,11 +174,11 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ResNet out_features {sorted(unknown)}; choose from {STAGES}")
         self.depth = depth
         self.out_features = tuple(out_features)
-        self.stem = Stem(norm)
+        self.stem = Stem(norm, width)
         basic = depth < 50
-        cin, specs = 64, []
+        cin, specs = width, []
         for i, (name, blocks) in enumerate(zip(STAGES, _DEPTHS[depth])):
-            cout = 64 * 2**i if basic else 256 * 2**i
+            cout = width * 2**i if basic else 4 * width * 2**i
             blocks_list: list[nn.Module] = []
             for j in range(blocks):
                 stride = 2 if (j == 0 and i > 0) else 1
@@ -241,12 +246,17 @@ def build_resnet(
     norm: NormKind = "frozen_bn",
     freeze_at: int = 2,
     out_features: tuple[str, ...] = STAGES,
+    width: int = 64,
 ) -> ResNet:
     """Builds a ResNet and loads ImageNet weights (local ``weights`` file, else timm when ``pretrained``).
 
     Weights are loaded before freezing so that frozen BatchNorms keep the pretrained statistics.
+    ImageNet weights exist for ``width=64`` only.
     """
-    model = ResNet(depth, norm=norm, freeze_at=0, out_features=out_features)
+    if width != 64 and (pretrained or weights is not None):
+        raise ValueError(f"resnet{depth} width={width}: ImageNet weights exist for width 64 only; "
+                         "set pretrained=false (and no weights file) to train from scratch")
+    model = ResNet(depth, norm=norm, freeze_at=0, out_features=out_features, width=width)
     if weights is not None:
         load_into(model, read_weights_file(weights), source=f"resnet{depth} weights {weights!r}",
                   rename=torchvision_to_ours)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tasks.detect.synthetic import SyntheticSpec
+
 
 @dataclass
 class BackboneConfig:
@@ -22,6 +24,7 @@ class BackboneConfig:
     norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
     freeze_at: int = 2  # 0 = train everything (stem included); 2 = stem + res2 frozen (official)
     fpn_channels: int = 256
+    width: int = 64  # ResNet base width (64 standard; smaller = slimmer, from scratch only)
     drop_path_rate: float = 0.3  # swin only
 
 
@@ -105,6 +108,7 @@ class DataConfig:
     val_images: str | None = None
     synthetic: bool = False  # the embedded default dataset (generated on first use)
     synthetic_root: str = "outputs/synthetic_shapes"
+    synthetic_spec: SyntheticSpec = field(default_factory=SyntheticSpec)  # generator parameters
     min_size_train: tuple[int, ...] = tuple(range(480, 801, 32))
     max_size_train: int = 1333
     crop_enabled: bool = True

@@ -359,7 +359,9 @@ def resolve_paths(data_cfg: Any) -> dict[str, str | None]:
             raise ValueError(
                 f"data.synthetic=true conflicts with data.{given[0]}; set data.synthetic=false to use your own data"
             )
-        return ensure_synthetic_dataset(data_cfg.synthetic_root)  # type: ignore[return-value]
+        return ensure_synthetic_dataset(  # type: ignore[return-value]
+            data_cfg.synthetic_root, data_cfg.synthetic_spec
+        )
     paths = {k: getattr(data_cfg, k) for k in keys}
     for key, value in paths.items():
         if value is not None and not Path(value).exists():

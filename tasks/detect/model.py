@@ -239,7 +239,7 @@ def build_detector(cfg: object) -> DiffusionDet:
     if bcfg.name == "swin_b":
         backbone_kwargs["drop_path_rate"] = bcfg.drop_path_rate
     else:
-        backbone_kwargs.update(norm=bcfg.norm, freeze_at=bcfg.freeze_at)
+        backbone_kwargs.update(norm=bcfg.norm, freeze_at=bcfg.freeze_at, width=bcfg.width)
     backbone = build_fpn_backbone(bcfg.name, fpn_channels=bcfg.fpn_channels, **backbone_kwargs)
     if bcfg.fpn_channels != hcfg.hidden_dim:
         raise ValueError(f"model.backbone.fpn_channels ({bcfg.fpn_channels}) must equal "

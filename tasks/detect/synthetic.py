@@ -7,8 +7,10 @@ with unlabelled clutter lines; small, medium and large objects (COCO area ranges
 border, mutual occlusion, and a few empty images.
 
 Boxes are the tight box of each object's **visible** pixels (as COCO boxes are), ``area`` is the visible
-pixel count. A new object is only placed if every earlier object keeps at least ``MIN_VISIBLE`` of its
-pixels, so every visible shape is labelled.
+pixel count. A new object is only placed if every earlier object keeps at least ``spec.min_visible`` of its
+pixels, so every visible shape is labelled. Difficulty is set by :class:`SyntheticSpec` (size buckets,
+objects per image, occlusion, colour contrast); the embedded default's values live in
+``configs/detect/default_synthetic.yaml`` (``data.synthetic_spec``).
 
 Layout written under ``root``::
 
@@ -32,11 +34,8 @@ from PIL import Image, ImageDraw
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: difficulty knobs in SyntheticSpec (min_contrast, size_probs, ...)
 CATEGORIES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross", "ring")
-MIN_VISIBLE = (
-    0.45  # fraction of an object's pixels that must stay visible after later objects are drawn
-)
 MIN_PIXELS = 12  # smallest labelled visible area (pixels)
 
 
@@ -51,6 +50,11 @@ class SyntheticSpec:
     max_objects: int = 10
     empty_fraction: float = 0.03
     seed: int = 20261122
+    size_probs: tuple[float, float, float] = (0.4, 0.4, 0.2)  # small / medium / large buckets
+    small_min: float = 10.0  # smallest object diameter (pixels)
+    large_max_factor: float = 1.5  # largest diameter = factor * min(image height, width)
+    min_visible: float = 0.45  # fraction of an object that must stay visible under later ones
+    min_contrast: float = 0.0  # least RGB distance between an object's colour and the background
 
 
 def ensure_synthetic_dataset(
@@ -73,7 +77,7 @@ def ensure_synthetic_dataset(
         "val_json": str(root / "annotations" / "instances_val.json"),
         "val_images": str(root / "val"),
     }
-    stamp = {"version": GENERATOR_VERSION, **asdict(spec)}
+    stamp = json.loads(json.dumps({"version": GENERATOR_VERSION, **asdict(spec)}))  # tuples -> lists
     done = root / "DONE.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return paths
@@ -109,7 +113,7 @@ def _generate_split(
         num = (
             0 if rng.random() < spec.empty_fraction else int(rng.integers(1, spec.max_objects + 1))
         )
-        image, objects = render_image(rng, height, width, num)
+        image, objects = render_image(rng, height, width, num, spec)
         file_name = f"{image_id:06d}.png"
         Image.fromarray(image).save(folder / file_name, compress_level=1)
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
@@ -131,34 +135,36 @@ def _generate_split(
 
 
 def render_image(
-    rng: np.random.Generator, height: int, width: int, num_objects: int
+    rng: np.random.Generator, height: int, width: int, num_objects: int,
+    spec: SyntheticSpec | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, list[float], float]]]:
-    """Render one image.
+    """Render one image (object sizes, occlusion and contrast from ``spec``).
 
     Returns:
         image (H, W, 3) uint8 RGB and a list of (category index, bbox ``[x, y, w, h]`` of the visible
         pixels in absolute pixels, visible area).
     """
+    spec = spec or SyntheticSpec()
     image = _background(rng, height, width)
     owner = np.full((height, width), -1, dtype=np.int32)  # index of the object owning each pixel
     full_area: list[int] = []
     categories: list[int] = []
     buckets = sorted(
-        rng.choice(3, size=num_objects, p=(0.4, 0.4, 0.2)), reverse=True
+        rng.choice(3, size=num_objects, p=spec.size_probs), reverse=True
     )  # large first
     for bucket in buckets:
         for _attempt in range(10):
             category = int(rng.integers(len(CATEGORIES)))
-            mask = _shape_mask(rng, category, height, width, int(bucket))
+            mask = _shape_mask(rng, category, height, width, int(bucket), spec)
             if mask.sum() < MIN_PIXELS * 2:
                 continue
             trial = np.where(mask, len(full_area), owner)
             counts = np.bincount(trial[trial >= 0].ravel(), minlength=len(full_area) + 1)
-            if all(counts[i] >= MIN_VISIBLE * a for i, a in enumerate(full_area)):
+            if all(counts[i] >= spec.min_visible * a for i, a in enumerate(full_area)):
                 break
         else:
             continue
-        _paint(rng, image, mask)
+        _paint(rng, image, mask, spec.min_contrast)
         owner = trial
         full_area.append(int(mask.sum()))
         categories.append(category)
@@ -179,6 +185,21 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, size=3).astype(np.float32)
 
 
+def contrasting_colour(
+    rng: np.random.Generator, under: np.ndarray, min_contrast: float, tries: int = 50
+) -> np.ndarray:
+    """A random RGB colour at least ``min_contrast`` (Euclidean, 0..255) from ``under``; redrawn at most
+    ``tries`` times, then the farthest candidate is kept. ``min_contrast=0`` draws exactly one colour."""
+    best = _random_colour(rng)
+    for _ in range(tries):
+        if np.linalg.norm(best - under) >= min_contrast:
+            return best
+        colour = _random_colour(rng)
+        if np.linalg.norm(colour - under) > np.linalg.norm(best - under):
+            best = colour
+    return best
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     c0, c1 = _random_colour(rng) * 0.8, _random_colour(rng) * 0.8
     angle = rng.uniform(0, 2 * math.pi)
@@ -190,9 +211,10 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _size(rng: np.random.Generator, height: int, width: int, bucket: int) -> float:
+def _size(rng: np.random.Generator, height: int, width: int, bucket: int, spec: SyntheticSpec) -> float:
     """Object scale (circumscribed diameter) for bucket 0/1/2 aiming at COCO small / medium / large areas."""
-    low, high = ((10.0, 36.0), (36.0, 100.0), (110.0, max(1.5 * min(height, width), 140.0)))[bucket]
+    large_max = max(spec.large_max_factor * min(height, width), 120.0)
+    low, high = ((spec.small_min, 36.0), (36.0, 100.0), (110.0, large_max))[bucket]
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
@@ -230,9 +252,10 @@ def _polygon(category: int, rng: np.random.Generator, radius: float) -> list[np.
 
 
 def _shape_mask(
-    rng: np.random.Generator, category: int, height: int, width: int, bucket: int
+    rng: np.random.Generator, category: int, height: int, width: int, bucket: int,
+    spec: SyntheticSpec,
 ) -> np.ndarray:
-    size = _size(rng, height, width, bucket)
+    size = _size(rng, height, width, bucket, spec)
     aspect = (
         math.exp(rng.uniform(-0.4, 0.4))
         if category in (0, 1, 5)
@@ -253,9 +276,13 @@ def _shape_mask(
     return np.asarray(canvas, dtype=bool)
 
 
-def _paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
+def _paint(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, min_contrast: float = 0.0
+) -> None:
     ys, xs = np.nonzero(mask)
-    colour, second = _random_colour(rng), _random_colour(rng)
+    under = image[ys, xs].reshape(-1, 3).astype(np.float32).mean(0)  # what the object covers
+    colour = contrasting_colour(rng, under, min_contrast)
+    second = _random_colour(rng)
     kind = rng.choice(4, p=(0.4, 0.25, 0.15, 0.2))
     if kind == 0:  # solid
         pixels = np.broadcast_to(colour, (len(xs), 3)).copy()

@@ -155,3 +155,27 @@ def test_full_swin_b_shapes() -> None:
     with torch.no_grad():
         out = model(torch.randn(1, 3, 100, 132))  # not a multiple of the window: padded inside
     assert out["swin3"].shape == (1, 1024, 4, 5)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet_width_scales_every_stage(depth: int) -> None:
+    standard = build_resnet(depth, norm="bn", freeze_at=0)
+    slim = build_resnet(depth, norm="bn", freeze_at=0, width=32)
+    assert [s.channels for s in slim.feature_specs] == [c // 2 for c in
+                                                         (s.channels for s in standard.feature_specs)]
+    assert [s.stride for s in slim.feature_specs] == [4, 8, 16, 32]
+    out = slim(torch.randn(2, 3, 64, 96))
+    for spec in slim.feature_specs:
+        assert out[spec.name].shape == (2, spec.channels, 64 // spec.stride, 96 // spec.stride)
+    n_std = sum(p.numel() for p in standard.parameters())
+    n_slim = sum(p.numel() for p in slim.parameters())
+    assert 0.2 < n_slim / n_std < 0.3  # conv weights scale with width**2
+
+
+def test_resnet_width_refuses_imagenet_weights(tmp_path) -> None:
+    with pytest.raises(ValueError, match="width 64 only"):
+        build_resnet(18, width=32, pretrained=True)
+    with pytest.raises(ValueError, match="width 64 only"):
+        build_resnet(18, width=32, pretrained=False, weights=str(tmp_path / "r18.pth"))
+    with pytest.raises(ValueError, match="width must be >= 8"):
+        build_resnet(18, width=4)

@@ -68,6 +68,9 @@ def test_default_synthetic_is_small_and_evaluates_1_4_8_steps():
     assert cfg.data.synthetic and cfg.model.head.num_classes == 6
     assert cfg.test.eval_steps == (1, 4, 8)
     assert cfg.model.backbone.pretrained is False  # trains offline from scratch
+    spec = cfg.data.synthetic_spec  # the generator knobs reach SyntheticSpec with their types
+    assert isinstance(spec.size_probs, tuple) and abs(sum(spec.size_probs) - 1.0) < 1e-9
+    assert spec.max_objects >= 1 and 0.0 < spec.min_visible <= 1.0
 
 
 def test_overrides_and_errors(tmp_path):

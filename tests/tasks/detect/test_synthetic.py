@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.detect.synthetic import CATEGORIES, SyntheticSpec, ensure_synthetic_dataset, render_image
+from tasks.detect.synthetic import (
+    CATEGORIES,
+    SyntheticSpec,
+    contrasting_colour,
+    ensure_synthetic_dataset,
+    render_image,
+)
 
 SPEC = SyntheticSpec(num_train=60, num_val=20, empty_fraction=0.1)
 
@@ -64,3 +71,45 @@ def test_boxes_are_tight_around_visible_pixels():
     for category, (x, y, w, h), area in objects:
         assert 0 <= category < len(CATEGORIES) and 0 < area <= w * h
         assert x >= 0 and y >= 0 and x + w <= 128 and y + h <= 128
+
+
+def test_spec_with_tuple_fields_is_reused_not_regenerated(tmp_path):
+    # The DONE.json stamp is JSON (lists); a spec with tuple fields must still match it.
+    spec = SyntheticSpec(num_train=4, num_val=2, size_probs=(0.2, 0.5, 0.3), min_contrast=50.0)
+    root = tmp_path / "shapes"
+    ensure_synthetic_dataset(root, spec)
+    stamp = (root / "DONE.json").stat().st_mtime_ns
+    ensure_synthetic_dataset(root, spec)
+    assert (root / "DONE.json").stat().st_mtime_ns == stamp
+    ensure_synthetic_dataset(root, SyntheticSpec(num_train=4, num_val=2))  # other spec: regenerated
+    assert (root / "DONE.json").stat().st_mtime_ns != stamp
+
+
+@pytest.mark.parametrize("bucket", [0, 2])
+def test_size_buckets_follow_the_spec(bucket):
+    probs = tuple(1.0 if i == bucket else 0.0 for i in range(3))
+    spec = SyntheticSpec(size_probs=probs, min_visible=0.95)
+    rng = np.random.default_rng(1)
+    sides = []
+    for _ in range(20):
+        _, objects = render_image(rng, 160, 160, 2, spec)
+        sides += [max(w, h) for _, (_, _, w, h), _ in objects]
+    assert sides
+    if bucket == 0:  # small: diameter <= 36 px, stretched by at most sqrt(exp(0.4)) on one axis
+        assert max(sides) <= 36 * math.exp(0.2) + 1
+    else:  # large: diameter >= 110 px, so the visible box is big unless truncated at the border
+        assert np.median(sides) >= 70
+
+
+def test_contrasting_colour_keeps_its_distance_and_is_deterministic():
+    under = np.array([120.0, 130.0, 110.0], dtype=np.float32)
+    rng = np.random.default_rng(3)
+    colours = [contrasting_colour(rng, under, 150.0) for _ in range(200)]
+    assert min(np.linalg.norm(c - under) for c in colours) >= 150.0
+    again = np.random.default_rng(3)
+    assert all((contrasting_colour(again, under, 150.0) == c).all() for c in colours)
+    # without a constraint exactly one colour is drawn (the default dataset's RNG stream is unchanged)
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    contrasting_colour(a, under, 0.0)
+    b.integers(0, 256, size=3)
+    assert a.integers(0, 1 << 30) == b.integers(0, 1 << 30)
