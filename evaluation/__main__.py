@@ -3,6 +3,7 @@
 Examples::
 
     python -m evaluation coco --gt instances_val2017.json --dt results.json --iou-type bbox --json out.json
+    python -m evaluation coco --gt instances_val2017.json --dt results.json --class-agnostic
     python -m evaluation lvis --gt lvis_v1_val.json --dt results.json
     python -m evaluation cityscapes --gt gtFine/val --pred preds/ --json out.json
 """
@@ -20,10 +21,12 @@ from typing import Any
 def _coco(args: argparse.Namespace) -> dict[str, Any]:
     from evaluation.coco import STAT_NAMES, evaluate, format_stats
 
-    out = evaluate(args.gt, args.dt, iou_type=args.iou_type, device=args.device)
+    out = evaluate(args.gt, args.dt, iou_type=args.iou_type, device=args.device,
+                   use_cats=not args.class_agnostic)
     print(format_stats(out["stats"], args.iou_type))
     return {
         "iou_type": args.iou_type,
+        "class_agnostic": args.class_agnostic,
         "stats": dict(zip(STAT_NAMES, out["stats"])),
         "per_category": out["per_category"],
     }
@@ -74,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--gt", required=True, help="annotation json")
         p.add_argument("--dt", required=True, help="results json (list of detections)")
         p.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"))
+    sub.choices["coco"].add_argument(
+        "--class-agnostic", action="store_true",
+        help="ignore categories when matching (pycocotools params.useCats = 0)",
+    )
     p = sub.add_parser(
         "cityscapes", help="pixel-level semantic labeling (IoU, iIoU) from PNG folders"
     )

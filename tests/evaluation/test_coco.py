@@ -247,3 +247,26 @@ def test_evaluator_segm_masks(coco_gt, device):
     res = ev.evaluate()
     ref = coco_eval(coco_gt, ev.results(), "segm")
     assert res["stats"] == [float(v) for v in ref.stats]
+
+
+def test_cli_class_agnostic_equals_pycocotools_usecats_0(coco_gt, tmp_path, capsys):
+    from evaluation.__main__ import main
+
+    dets = jittered_dets(coco_gt, 5)
+    rng = np.random.default_rng(7)
+    cat_ids = [c["id"] for c in coco_gt["categories"]]
+    for d in dets[::3]:  # wrong labels: only the class-agnostic score forgives them
+        d["category_id"] = int(rng.choice(cat_ids))
+    (tmp_path / "gt.json").write_text(json.dumps(coco_gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    args = ["coco", "--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json"),
+            "--device", "cpu", "--json", str(tmp_path / "out.json")]
+    assert main([*args, "--class-agnostic"]) == 0
+    agnostic = json.loads((tmp_path / "out.json").read_text())
+    assert agnostic["class_agnostic"] is True
+    assert list(agnostic["stats"].values()) == [float(v) for v in coco_eval(coco_gt, dets, use_cats=False).stats]
+    assert main(args) == 0
+    aware = json.loads((tmp_path / "out.json").read_text())
+    assert list(aware["stats"].values()) == [float(v) for v in coco_eval(coco_gt, dets).stats]
+    assert aware["stats"]["AP"] < agnostic["stats"]["AP"]
+    capsys.readouterr()
