@@ -46,15 +46,19 @@ def make_model(name: str, num_classes: int, device: torch.device):
     return build_detector(cfg).to(device)
 
 
-def synthetic_batch(batch: int, size: int, num_classes: int, device: torch.device):
+def synthetic_batch(
+    batch: int, size: int, num_classes: int, device: torch.device, boxes_per_image: int = 6
+):
+    """Seeded random (3, size, size) 0..255 images with ``boxes_per_image`` random boxes each."""
     g = torch.Generator().manual_seed(0)
     images = [(torch.rand(3, size, size, generator=g) * 255).to(device) for _ in range(batch)]
     targets = []
+    k = boxes_per_image
     for _ in range(batch):
-        xy = torch.rand(6, 2, generator=g) * size * 0.6
-        wh = torch.rand(6, 2, generator=g) * size * 0.3 + 8
+        xy = torch.rand(k, 2, generator=g) * size * 0.6
+        wh = torch.rand(k, 2, generator=g) * size * 0.3 + 8
         targets.append({"boxes_xyxy": torch.cat([xy, xy + wh], 1).to(device),
-                        "labels": torch.randint(0, num_classes, (6,), generator=g).to(device)})
+                        "labels": torch.randint(0, num_classes, (k,), generator=g).to(device)})
     return images, targets
 
 

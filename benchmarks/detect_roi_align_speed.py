@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.detect_head_speed import synthetic_batch  # noqa: E402
 from tasks.common.config import load_config  # noqa: E402
 from tasks.detect.config import DetectConfig  # noqa: E402
 from tasks.detect.model import build_detector  # noqa: E402
@@ -39,13 +40,8 @@ def main() -> None:
     cfg = load_config(DetectConfig, args.config, args.overrides)
     model = build_detector(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    images = [torch.rand(3, args.size, args.size) * 255 for _ in range(args.batch)]
-    targets = []
-    for _ in range(args.batch):
-        xy = torch.rand(3, 2) * args.size * 0.6
-        wh = torch.rand(3, 2) * args.size * 0.3 + 8
-        targets.append({"boxes_xyxy": torch.cat([xy, xy + wh], 1),
-                        "labels": torch.randint(0, cfg.model.head.num_classes, (3,))})
+    images, targets = synthetic_batch(args.batch, args.size, cfg.model.head.num_classes,
+                                      torch.device("cpu"), boxes_per_image=3)
 
     def step() -> float:
         start = time.perf_counter()
