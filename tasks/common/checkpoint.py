@@ -1,7 +1,15 @@
-"""Atomic checkpoints that load with ``torch.load(weights_only=True)``, and RNG state capture for exact resume."""
+"""Atomic writes (checkpoints, text, JSON), checkpoints that load with ``torch.load(weights_only=True)``, and RNG
+state capture for exact resume.
+
+Every output file of a run goes through :func:`atomic_write_bytes` (a temp file in the same folder, fsync, then
+``os.replace``): a kill mid-write leaves the previous file intact, and the new file appears complete or not at all.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import random
 import re
@@ -12,22 +20,34 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "checkpoints_newest_first",
+    "latest_checkpoint",
+    "latest_loadable_checkpoint",
+    "load_checkpoint",
+    "remove_orphan_tmp_files",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 _CKPT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+TMP_SUFFIX = ".tmp"
+logger = logging.getLogger("diffvision.checkpoint")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
-
-    A crash mid-write leaves the previous checkpoint intact; the new file appears complete or not at all.
-    """
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +55,26 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
+    """:func:`atomic_write_bytes` for a JSON document (NaN/inf refused: ``allow_nan=False``)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` (tensors and primitives) atomically with ``torch.save``.
+
+    A crash mid-write leaves the previous checkpoint intact; the new file appears complete or not at all.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -48,16 +88,48 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"cannot load checkpoint {path}: {err}") from err
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint_<iter>.pt`` in ``output_dir`` (by iteration number), or ``last.pt``, or None."""
+def checkpoints_newest_first(output_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint_<iter>.pt`` in ``output_dir``, highest iteration first, then ``last.pt`` if present."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        return None
+        return []
     numbered = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
-    if numbered:
-        return max(numbered)[1]
+    found = [p for _, p in sorted(numbered, reverse=True)]
     last = output_dir / "last.pt"
-    return last if last.is_file() else None
+    return found + ([last] if last.is_file() else [])
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint_<iter>.pt`` in ``output_dir`` (by iteration number), or ``last.pt``, or None."""
+    found = checkpoints_newest_first(output_dir)
+    return found[0] if found else None
+
+
+def latest_loadable_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint in ``output_dir`` that loads; each newer one that does not is named in a warning.
+
+    A checkpoint that is corrupt (truncated disk, a copy interrupted by hand) must not stop ``--resume``: the
+    previous good one is used instead, and the user is told which file was skipped and why.
+    """
+    for path in checkpoints_newest_first(output_dir):
+        try:
+            load_checkpoint(path)
+        except ValueError as err:
+            logger.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path, err)
+            continue
+        return path
+    return None
+
+
+def remove_orphan_tmp_files(output_dir: str | Path) -> list[Path]:
+    """Delete temp files left by writes that were killed mid-way (``.<name>.*.tmp``); returns what was removed."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    orphans = [p for p in output_dir.iterdir() if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return orphans
 
 
 def rng_state() -> dict[str, Any]:

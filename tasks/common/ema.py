@@ -19,9 +19,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 class ModelEMA:
     """theta_ema <- d * theta_ema + (1 - d) * theta after every optimiser step; buffers are copied.
 
-    ``d`` is ``decay``, or with ``update(model, step=k)`` the warmed-up ``min(decay, (1 + k) / (10 + k))``, so that
-    short runs are not dominated by the initial weights (with decay 0.999, 1,000 plain updates still keep 37% of
-    them). Passing the global step keeps the EMA exactly resumable without extra state.
+    ``d`` is the warmed-up ``min(decay, (1 + k) / (10 + k))`` at global step ``k`` (timm's ``ModelEmaV3.get_decay``
+    contract: the caller always passes the step), so short runs are not dominated by the initial weights (with
+    decay 0.999, 1,000 un-warmed updates still keep 37 % of them). ``update`` has no default for ``step``: the
+    warm-up cannot be forgotten, and passing the global step keeps the EMA exactly resumable without extra state.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
@@ -32,12 +33,15 @@ class ModelEMA:
         for p in self.module.parameters():
             p.requires_grad_(False)
 
-    def decay_at(self, step: int | None) -> float:
-        """The decay used for the update at global step ``step`` (None: no warm-up)."""
-        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+    def decay_at(self, step: int) -> float:
+        """The decay used for the update at global step ``step`` (0-based optimiser steps done before it)."""
+        if step < 0:
+            raise ValueError(f"EMA step must be >= 0, got {step}")
+        return min(self.decay, (1 + step) / (10 + step))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int | None = None) -> None:
+    def update(self, model: nn.Module, *, step: int) -> None:
+        """Blend ``model``'s weights in with the warmed-up decay for global step ``step``."""
         decay = self.decay_at(step)
         src = unwrap_model(model).state_dict()
         for name, value in self.module.state_dict().items():

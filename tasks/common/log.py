@@ -1,4 +1,9 @@
-"""Logging set-up: readable text logs on rank 0 plus a JSON-lines record stream."""
+"""Logging for every task: readable text logs on rank 0, a JSON-lines record stream, and TensorBoard scalars.
+
+:func:`setup_logging` gives the text log; :class:`MetricWriter` is the one metrics sink every training loop uses
+(``log.jsonl`` always; TensorBoard event files under ``tb/`` when the optional ``tensorboard`` package is
+installed, ``pip install -e '.[tensorboard]'``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 
 from tasks.common.dist import is_main
 
-__all__ = ["JsonlLogger", "setup_logging"]
+__all__ = ["JsonlLogger", "MetricWriter", "setup_logging"]
 
 
 def setup_logging(output_dir: str | Path | None, name: str) -> logging.Logger:
@@ -58,3 +63,46 @@ class JsonlLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
+
+
+class MetricWriter:
+    """One sink for training / evaluation records: JSONL always, TensorBoard scalars when available (rank 0 only).
+
+    ``write({"type": "train", "total_loss": 0.5, "lr": 1e-4}, step=120)`` appends the record (with ``iteration``)
+    to ``output_dir/log.jsonl`` and adds every finite numeric value as the scalar ``<type>/<key>``.
+    """
+
+    def __init__(self, output_dir: str | Path, *, jsonl_name: str = "log.jsonl", tensorboard: bool = True) -> None:
+        self.jsonl = JsonlLogger(Path(output_dir) / jsonl_name)
+        self._tb = None
+        if tensorboard and is_main():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional extra
+                SummaryWriter = None  # noqa: N806
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tb"))
+
+    @property
+    def tensorboard_enabled(self) -> bool:
+        return self._tb is not None
+
+    def write(self, record: dict[str, Any], *, step: int) -> None:
+        """Append ``record`` at global ``step``; nested dicts (e.g. per-class values) stay in the JSONL only."""
+        if not is_main():
+            return
+        self.jsonl.write({"iteration": step, **record})
+        if self._tb is None:
+            return
+        prefix = str(record.get("type", "metrics"))
+        for key, value in record.items():
+            if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+                value = value.item()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None

@@ -120,8 +120,10 @@ def test_ema_tracks_weights() -> None:
     with torch.no_grad():
         model.weight.fill_(1.0)
     before = ema.module.weight.clone()
-    ema.update(model)
+    ema.update(model, step=100)  # past the warm-up: min(0.5, 101/110) = 0.5
     torch.testing.assert_close(ema.module.weight, 0.5 * before + 0.5)
+    with pytest.raises(TypeError):
+        ema.update(model)  # the step is required: the warm-up cannot be forgotten
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(model, decay=1.0)
     # warm-up: the first update (step 0) uses decay 1/10, so the EMA jumps most of the way to the weights
