@@ -50,11 +50,20 @@ def build_fpn_backbone(
 ) -> FPN:
     """Builds ``name`` via :func:`build_backbone` and wraps it in an FPN with outputs ``p2..p6``."""
     bottom_up = build_backbone(name, **kwargs)
-    return FPN(bottom_up, in_features=FPN_IN_FEATURES[name], out_channels=fpn_channels,
-               norm=fpn_norm)
+    return FPN(
+        bottom_up, in_features=FPN_IN_FEATURES[name], out_channels=fpn_channels, norm=fpn_norm
+    )
 
 
 __all__ = [
-    "BACKBONES", "FPN", "FPN_IN_FEATURES", "Backbone", "FeatureSpec", "FrozenBatchNorm2d",
-    "PretrainedWeightsError", "ResNet", "build_backbone", "build_fpn_backbone",
+    "BACKBONES",
+    "FPN",
+    "FPN_IN_FEATURES",
+    "Backbone",
+    "FeatureSpec",
+    "FrozenBatchNorm2d",
+    "PretrainedWeightsError",
+    "ResNet",
+    "build_backbone",
+    "build_fpn_backbone",
 ]

@@ -207,7 +207,9 @@ class AttentionBlock(nn.Module):
         else:
             q, k, v = qkv.reshape(b, self.num_heads, 3 * head_ch, -1).split(head_ch, dim=2)
         # (B, heads, head_ch, T) -> (B, heads, T, head_ch) for SDPA; scale 1/sqrt(head_ch).
-        attn = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        attn = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )
         attn = attn.transpose(-1, -2).reshape(b, c, -1)
         return (flat + self.proj_out(attn)).reshape(b, c, height, width)
 
@@ -332,14 +334,22 @@ class ADMUNet(nn.Module):
 
         def res(ch_in: int, ch_out: int, mode: str = "") -> ResBlock:
             return ResBlock(
-                ch_in, emb_ch, out_channels=ch_out, dropout=dropout, mode=mode,
-                use_scale_shift_norm=use_scale_shift_norm, use_checkpoint=use_checkpoint,
+                ch_in,
+                emb_ch,
+                out_channels=ch_out,
+                dropout=dropout,
+                mode=mode,
+                use_scale_shift_norm=use_scale_shift_norm,
+                use_checkpoint=use_checkpoint,
             )
 
         def attn(ch: int, heads: int) -> AttentionBlock:
             return AttentionBlock(
-                ch, num_heads=heads, num_head_channels=num_head_channels,
-                new_order=use_new_attention_order, use_checkpoint=use_checkpoint,
+                ch,
+                num_heads=heads,
+                num_head_channels=num_head_channels,
+                new_order=use_new_attention_order,
+                use_checkpoint=use_checkpoint,
             )
 
         def resampler(ch: int, mode: str) -> nn.Module:
@@ -348,7 +358,9 @@ class ADMUNet(nn.Module):
         heads_up = num_heads if num_heads_upsample == -1 else num_heads_upsample
         ch = int(self.channel_mult[0] * model_channels)
         input_width = ch
-        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList(
+            [EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))]
+        )
         enc_info = [BlockInfo(0, ch, 1, False, "")]
         ds = 1
         for level, mult in enumerate(self.channel_mult):
@@ -477,7 +489,9 @@ class ADMUNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
-            raise ValueError(f"timesteps must be a scalar or shape ({x.shape[0]},), got {tuple(t.shape)}")
+            raise ValueError(
+                f"timesteps must be a scalar or shape ({x.shape[0]},), got {tuple(t.shape)}"
+            )
         emb = self.time_embed(timestep_embedding(t, self.model_channels))
         if y is not None:
             emb = emb + self.label_emb(y)
@@ -531,6 +545,8 @@ class ADMUNet(nn.Module):
         wanted = frozenset(int(b) for b in blocks)
         bad = [b for b in wanted if not 0 <= b < len(self.output_blocks)]
         if bad:
-            raise ValueError(f"decoder blocks {sorted(bad)} out of range 0..{len(self.output_blocks) - 1}")
+            raise ValueError(
+                f"decoder blocks {sorted(bad)} out of range 0..{len(self.output_blocks) - 1}"
+            )
         _, kept = self._run(x, timesteps, y, keep=wanted)
         return kept

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,7 +45,9 @@ FeatureKey = tuple[int, int]  # (timestep, decoder block)
 
 
 def feature_specs_for(
-    unet: ADMUNet, blocks: Sequence[int] = DEFAULT_BLOCKS, timesteps: Sequence[int] = DEFAULT_TIMESTEPS
+    unet: ADMUNet,
+    blocks: Sequence[int] = DEFAULT_BLOCKS,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
 ) -> list[FeatureSpec]:
     """One :class:`FeatureSpec` per (t, block), t-major, named ``"t{t}_b{block}"``.
 
@@ -62,9 +65,7 @@ def feature_specs_for(
     ]
 
 
-def shared_noise(
-    shape: Sequence[int], seed: int = 0, device: torch.device | str = "cpu"
-) -> Tensor:
+def shared_noise(shape: Sequence[int], seed: int = 0, device: torch.device | str = "cpu") -> Tensor:
     """DDPM-Seg's shared noise: one ``randn(1, *shape)`` from a generator seeded on ``device``.
 
     CUDA and CPU generators give different numbers for the same seed, so the device is part of
@@ -74,7 +75,9 @@ def shared_noise(
     return torch.randn((1, *shape), generator=gen, device=device)
 
 
-def _autocast(device: torch.device, unet: ADMUNet, fp16: bool | None) -> contextlib.AbstractContextManager:
+def _autocast(
+    device: torch.device, unet: ADMUNet, fp16: bool | None
+) -> contextlib.AbstractContextManager:
     use = (device.type == "cuda") if fp16 is None else fp16
     if use and unet.dtype == torch.float32 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
@@ -114,7 +117,9 @@ def extract_features(
     if noise is None:
         noise = torch.randn((1, *images.shape[1:]), generator=generator, device=images.device)
     if noise.shape[1:] != images.shape[1:] or noise.shape[0] not in (1, images.shape[0]):
-        raise ValueError(f"noise shape {tuple(noise.shape)} does not fit images {tuple(images.shape)}")
+        raise ValueError(
+            f"noise shape {tuple(noise.shape)} does not fit images {tuple(images.shape)}"
+        )
     noise = noise.to(images).expand_as(images)
     out: dict[FeatureKey, Tensor] = {}
     with _autocast(images.device, unet, fp16):
@@ -135,11 +140,15 @@ def collect(
     ``mode="bilinear"`` uses ``align_corners=False``, as DDPM-Seg's ``collect_features``.
     """
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    maps = [F.interpolate(f.float(), size=tuple(size), mode=mode, **kwargs) for f in features.values()]
+    maps = [
+        F.interpolate(f.float(), size=tuple(size), mode=mode, **kwargs) for f in features.values()
+    ]
     return torch.cat(maps, dim=1)
 
 
-def sample_pixels(feature_maps: Sequence[Tensor], ys: Tensor, xs: Tensor, size: tuple[int, int]) -> Tensor:
+def sample_pixels(
+    feature_maps: Sequence[Tensor], ys: Tensor, xs: Tensor, size: tuple[int, int]
+) -> Tensor:
     """Bilinearly upsampled feature values at pixels (ys, xs) of a (H, W) image, without
     materialising the upsampled maps.
 
@@ -160,7 +169,9 @@ def sample_pixels(feature_maps: Sequence[Tensor], ys: Tensor, xs: Tensor, size: 
     dev = feature_maps[0].device
     grid = torch.stack([gx, gy], dim=-1).to(dev)[None, None]  # (1, 1, P, 2) as (x, y)
     cols = [
-        F.grid_sample(f[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0]
+        F.grid_sample(
+            f[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[0, :, 0]
         for f in feature_maps
     ]
     return torch.cat(cols, dim=0).T
@@ -173,7 +184,9 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -217,7 +230,9 @@ class FeatureCache:
         key = hashlib.sha1(json.dumps(self.setting, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "setting.json").write_text(json.dumps(self.setting, indent=1))
+        tmp = self.dir / f".setting.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.setting, indent=1))
+        tmp.replace(self.dir / "setting.json")  # atomic: concurrent runs never see a partial file
 
     def path(self, image: Tensor) -> Path:
         return self.dir / f"{image_fingerprint(image)}.pt"
@@ -228,13 +243,20 @@ class FeatureCache:
         if not path.exists():
             return None
         stored = torch.load(path, map_location="cpu", weights_only=True)
-        return {tuple(int(v) for v in k.split("_")): f for k, f in stored.items()}  # type: ignore[misc]
+        keys = {k: tuple(int(v) for v in k.split("_")) for k in stored}
+        return {keys[k]: f for k, f in stored.items()}  # type: ignore[misc]
 
     def save(self, image: Tensor, features: dict[FeatureKey, Tensor]) -> None:
         """Store one image's ``{(t, b): (C, h, w)}`` as float16 (atomic rename)."""
         path = self.path(image)
-        tmp = path.with_suffix(".tmp")
-        torch.save({f"{t}_{b}": f.detach().to("cpu", torch.float16).contiguous() for (t, b), f in features.items()}, tmp)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(
+            {
+                f"{t}_{b}": f.detach().to("cpu", torch.float16).contiguous()
+                for (t, b), f in features.items()
+            },
+            tmp,
+        )
         tmp.replace(path)
 
 
@@ -255,12 +277,15 @@ def extract_per_image(
     batch_size: int = 8,
     cache: FeatureCache | None = None,
     progress: bool = False,
+    noise_device: torch.device | str | None = None,
 ) -> list[dict[FeatureKey, Tensor]]:
     """Native-resolution float16 features for each image, through the cache when given.
 
     Args:
         images: (3, H, W) tensors in [-1, 1], all the same size.
-        noise_seed, device: the shared noise is ``shared_noise((3, H, W), noise_seed, device)``.
+        noise_seed, noise_device: the shared noise is ``shared_noise((3, H, W), noise_seed,
+            noise_device)`` (default: drawn on ``device``, DDPM-Seg's choice; "cpu" gives the same
+            noise on every machine), then moved to ``device``.
 
     Returns:
         One ``{(t, b): (C, h, w) float16 CPU tensor}`` per image (about 50 MB each for the
@@ -271,11 +296,18 @@ def extract_per_image(
     if not images:
         return []
     device = torch.device(device)
-    noise = shared_noise(tuple(images[0].shape), noise_seed, device)
-    results: list[dict[FeatureKey, Tensor] | None] = [cache.load(im) if cache else None for im in images]
+    noise = shared_noise(tuple(images[0].shape), noise_seed, noise_device or device).to(device)
+    results: list[dict[FeatureKey, Tensor] | None] = [
+        cache.load(im) if cache else None for im in images
+    ]
     todo = [i for i, r in enumerate(results) if r is None]
     if cache is not None:
-        logger.info("feature cache %s: %d hits, %d to compute", cache.dir, len(images) - len(todo), len(todo))
+        logger.info(
+            "feature cache %s: %d hits, %d to compute",
+            cache.dir,
+            len(images) - len(todo),
+            len(todo),
+        )
     for chunk in tqdm(list(_batches(len(todo), batch_size)), desc="features", disable=not progress):
         idx = todo[chunk]
         batch = torch.stack([images[i] for i in idx]).to(device)

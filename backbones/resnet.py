@@ -214,8 +214,6 @@ class ResNet(nn.Module):
         return out
 
 
-
-
 def torchvision_to_ours(key: str) -> str | None:
     """Renames a torchvision/timm ResNet key (``layer1.0.bn2.weight``) to ours (``res2.0.conv2.norm.weight``).
 
@@ -254,15 +252,25 @@ def build_resnet(
     ImageNet weights exist for ``width=64`` only.
     """
     if width != 64 and (pretrained or weights is not None):
-        raise ValueError(f"resnet{depth} width={width}: ImageNet weights exist for width 64 only; "
-                         "set pretrained=false (and no weights file) to train from scratch")
+        raise ValueError(
+            f"resnet{depth} width={width}: ImageNet weights exist for width 64 only; "
+            "set pretrained=false (and no weights file) to train from scratch"
+        )
     model = ResNet(depth, norm=norm, freeze_at=0, out_features=out_features, width=width)
     if weights is not None:
-        load_into(model, read_weights_file(weights), source=f"resnet{depth} weights {weights!r}",
-                  rename=torchvision_to_ours)
+        load_into(
+            model,
+            read_weights_file(weights),
+            source=f"resnet{depth} weights {weights!r}",
+            rename=torchvision_to_ours,
+        )
     elif pretrained:
         name = _TIMM_NAMES[depth]
-        load_into(model, fetch_timm_state_dict(name, backbone=f"resnet{depth}"), source=name,
-                  rename=torchvision_to_ours)
+        load_into(
+            model,
+            fetch_timm_state_dict(name, backbone=f"resnet{depth}"),
+            source=name,
+            rename=torchvision_to_ours,
+        )
     model.freeze(freeze_at)
     return model

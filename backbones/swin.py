@@ -17,7 +17,9 @@ from backbones.pretrained import fetch_timm_state_dict, load_into, read_weights_
 
 SWIN_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7)
 _TIMM_ARCH = "swin_base_patch4_window7_224"
-_TIMM_PRETRAINED = "swin_base_patch4_window7_224.ms_in22k"  # the official recipe uses the 22k weights
+_TIMM_PRETRAINED = (
+    "swin_base_patch4_window7_224.ms_in22k"  # the official recipe uses the 22k weights
+)
 
 
 class SwinBackbone(nn.Module):
@@ -35,8 +37,12 @@ class SwinBackbone(nn.Module):
 
         arch = {**SWIN_B, **arch_kwargs}
         self.body = timm.create_model(
-            _TIMM_ARCH, pretrained=False, features_only=True, strict_img_size=False,
-            drop_path_rate=drop_path_rate, **arch,
+            _TIMM_ARCH,
+            pretrained=False,
+            features_only=True,
+            strict_img_size=False,
+            drop_path_rate=drop_path_rate,
+            **arch,
         )
         channels = self.body.feature_info.channels()
         strides = self.body.feature_info.reduction()
@@ -78,15 +84,26 @@ def _original_to_timm(state: dict) -> dict:
 
 
 def build_swin_b(
-    *, pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.3,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    drop_path_rate: float = 0.3,
     **arch_kwargs: Any,
 ) -> SwinBackbone:
     """Builds Swin-B (or a variant via ``arch_kwargs``) and loads ImageNet-22k weights when asked."""
     model = SwinBackbone(drop_path_rate=drop_path_rate, **arch_kwargs)
     if weights is not None:
-        load_into(model, _original_to_timm(read_weights_file(weights)), source=f"swin weights {weights!r}",
-                  rename=_timm_to_features_only)
+        load_into(
+            model,
+            _original_to_timm(read_weights_file(weights)),
+            source=f"swin weights {weights!r}",
+            rename=_timm_to_features_only,
+        )
     elif pretrained:
-        load_into(model, fetch_timm_state_dict(_TIMM_PRETRAINED, backbone="swin_b"),
-                  source=_TIMM_PRETRAINED, rename=_timm_to_features_only)
+        load_into(
+            model,
+            fetch_timm_state_dict(_TIMM_PRETRAINED, backbone="swin_b"),
+            source=_TIMM_PRETRAINED,
+            rename=_timm_to_features_only,
+        )
     return model

@@ -10,16 +10,13 @@ and the ratio to the first (official-width) configuration, plus an inference tim
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.detect.config import DetectConfig  # noqa: E402
-from tasks.detect.model import build_detector  # noqa: E402
+from tasks.detect.config import DetectConfig
+from tasks.detect.model import build_detector
 
 # name -> (backbone, fpn/hidden, ffn, dim_dynamic, stages, proposals, in_features)
 CONFIGS = {
@@ -57,8 +54,12 @@ def synthetic_batch(
     for _ in range(batch):
         xy = torch.rand(k, 2, generator=g) * size * 0.6
         wh = torch.rand(k, 2, generator=g) * size * 0.3 + 8
-        targets.append({"boxes_xyxy": torch.cat([xy, xy + wh], 1).to(device),
-                        "labels": torch.randint(0, num_classes, (k,), generator=g).to(device)})
+        targets.append(
+            {
+                "boxes_xyxy": torch.cat([xy, xy + wh], 1).to(device),
+                "labels": torch.randint(0, num_classes, (k,), generator=g).to(device),
+            }
+        )
     return images, targets
 
 
@@ -87,13 +88,15 @@ def time_config(name: str, args: argparse.Namespace, device: torch.device) -> tu
     model.eval()
     sync(device)
     t0 = time.perf_counter()
-    model.inference(images, steps=1)
+    model.inference(images, opts=dataclasses.replace(model.sampler_options, steps=1))
     sync(device)
     return sum(train_times) / len(train_times), time.perf_counter() - t0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iters", type=int, default=2)
@@ -106,15 +109,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = args.only or list(CONFIGS)
-    print(f"batch {args.batch}, {args.size}x{args.size} px, device {device}, threads {args.threads}")
+    print(
+        f"batch {args.batch}, {args.size}x{args.size} px, device {device}, threads {args.threads}"
+    )
     print(f"{'config':<22}{'params(M)':>10}{'train s/it':>12}{'ratio':>8}{'infer 1-step s':>16}")
     base = None
     for name in names:
-        params = sum(p.numel() for p in make_model(name, args.num_classes, torch.device("cpu")).parameters())
+        params = sum(
+            p.numel() for p in make_model(name, args.num_classes, torch.device("cpu")).parameters()
+        )
         train_s, infer_s = time_config(name, args, device)
         base = base or train_s
-        print(f"{name:<22}{params / 1e6:>10.1f}{train_s:>12.3f}{train_s / base:>8.3f}{infer_s:>16.3f}",
-              flush=True)
+        print(
+            f"{name:<22}{params / 1e6:>10.1f}{train_s:>12.3f}{train_s / base:>8.3f}{infer_s:>16.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """CPU training step of the embedded detection default with torchvision's RoIAlign vs ours (gathers).
 
-    python benchmarks/detect_roi_align_speed.py --threads 2 --iters 10
+    python -m benchmarks.detect_roi_align_speed --threads 2 --iters 10    # from the repository root
 
 Both pooler implementations run in one process on the same model, inputs and weights, alternating
 step by step (AdamW updates included), so machine noise hits both alike; prints the median ms per
@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from benchmarks.detect_head_speed import synthetic_batch
+from tasks.common.config import load_config
+from tasks.detect.config import DetectConfig
+from tasks.detect.model import build_detector
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from benchmarks.detect_head_speed import synthetic_batch  # noqa: E402
-from tasks.common.config import load_config  # noqa: E402
-from tasks.detect.config import DetectConfig  # noqa: E402
-from tasks.detect.model import build_detector  # noqa: E402
 
 
 def main() -> None:
@@ -40,8 +38,9 @@ def main() -> None:
     cfg = load_config(DetectConfig, args.config, args.overrides)
     model = build_detector(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    images, targets = synthetic_batch(args.batch, args.size, cfg.model.head.num_classes,
-                                      torch.device("cpu"), boxes_per_image=3)
+    images, targets = synthetic_batch(
+        args.batch, args.size, cfg.model.head.num_classes, torch.device("cpu"), boxes_per_image=3
+    )
 
     def step() -> float:
         start = time.perf_counter()
@@ -59,8 +58,10 @@ def main() -> None:
             if i >= 2:  # warm-up
                 times[impl].append(elapsed)
     tv, ours = (statistics.median(times[k]) * 1000 for k in ("torchvision", "gather"))
-    print(f"training step, {args.batch} x {args.size} px, {args.threads} threads, "
-          f"{cfg.model.head.num_proposals} proposals, {cfg.model.head.num_stages} stages")
+    print(
+        f"training step, {args.batch} x {args.size} px, {args.threads} threads, "
+        f"{cfg.model.head.num_proposals} proposals, {cfg.model.head.num_stages} stages"
+    )
     print(f"  torchvision roi_align : {tv:7.1f} ms")
     print(f"  roi_align_gather      : {ours:7.1f} ms   (ratio {ours / tv:.2f})")
 

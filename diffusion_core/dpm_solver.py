@@ -14,19 +14,23 @@ order (D = x0), which is diffusers' ``lower_order_final`` behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from diffusion_core.process import PredictionType, as_timesteps, gather, to_x0_eps
-from diffusion_core.sampling import LoopState, StepOutput
+from diffusion_core.loop import LoopState, X0Hook, sample_loop
+from diffusion_core.process import PredictionType, X0Eps, as_timesteps, gather
+from diffusion_core.sampling import StepOutput, _check_pair
 from diffusion_core.schedule import NoiseSchedule
 
-__all__ = ["dpm_solver_2m_step", "dpm_solver_2m_sample"]
+__all__ = ["dpm_solver_2m", "dpm_solver_2m_step", "dpm_solver_2m_sample"]
 
 
-def _alpha_sigma_lambda(schedule: NoiseSchedule, t: Tensor, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _alpha_sigma_lambda(
+    schedule: NoiseSchedule, t: Tensor, ref: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     abar = gather(schedule.alphas_cumprod, t, ref, final_value=1.0)
     alpha, sigma = abar.sqrt(), (1.0 - abar).clamp(min=0).sqrt()
     return alpha, sigma, alpha.log() - sigma.log()  # lambda = +inf at the final step
@@ -56,8 +60,7 @@ def dpm_solver_2m_step(
     B, T = x_t.shape[0], schedule.num_timesteps
     t = as_timesteps(t, B, T, device=x_t.device)
     t_prev = as_timesteps(t_prev, B, T, device=x_t.device, name="t_prev", allow_final=True)
-    if (t_prev >= t).any():
-        raise ValueError(f"t_prev must be < t, got t={t.tolist()} t_prev={t_prev.tolist()}")
+    _check_pair(t, t_prev)
     ref = x_t.new_empty((B,) + (1,) * (x_t.ndim - 1), dtype=torch.float64)
     _, sigma_s, lam_s = _alpha_sigma_lambda(schedule, t, ref)
     alpha_p, sigma_p, lam_p = _alpha_sigma_lambda(schedule, t_prev, ref)
@@ -69,46 +72,62 @@ def dpm_solver_2m_step(
         if t_last is None:
             raise ValueError("t_last is required together with prev_x0")
         if prev_x0.shape != x0.shape:
-            raise ValueError(f"prev_x0 shape {tuple(prev_x0.shape)} does not match x0 {tuple(x0.shape)}")
+            raise ValueError(
+                f"prev_x0 shape {tuple(prev_x0.shape)} does not match x0 {tuple(x0.shape)}"
+            )
         t_last = as_timesteps(t_last, B, T, device=x_t.device, name="t_last")
         if (t_last <= t).any():
             raise ValueError(f"t_last must be > t, got t_last={t_last.tolist()} t={t.tolist()}")
         _, _, lam_l = _alpha_sigma_lambda(schedule, t_last, ref)
         second = t_prev >= 0  # the final step stays first order
-        half_inv_r = torch.where(second.reshape(ref.shape), 0.5 * h / (lam_s - lam_l), torch.zeros_like(h))
+        half_inv_r = torch.where(
+            second.reshape(ref.shape), 0.5 * h / (lam_s - lam_l), torch.zeros_like(h)
+        )
         d = x0 + half_inv_r.to(dtype) * (x0 - prev_x0)
     prev = (sigma_p / sigma_s).to(dtype) * x_t - (alpha_p * phi).to(dtype) * d
     return StepOutput(prev_sample=prev, pred_original_sample=x0)
 
 
+def dpm_solver_2m(
+    schedule: NoiseSchedule,
+    x_t: Tensor,
+    t: Tensor,
+    t_prev: Tensor,
+    pred: X0Eps,
+    *,
+    last: LoopState | None,
+    noise: Callable[[], Tensor],
+) -> StepOutput:
+    """:func:`dpm_solver_2m_step` as a :func:`diffusion_core.sample_loop` step (``step_fn=dpm_solver_2m``):
+    second order from the previous iteration's x0 (``last``), deterministic (``noise`` is never called)."""
+    prev_x0, t_last = (last.x0, last.t) if last is not None else (None, None)
+    return dpm_solver_2m_step(schedule, x_t, t, t_prev, pred.x0, prev_x0=prev_x0, t_last=t_last)
+
+
 def dpm_solver_2m_sample(
-    denoise_fn: Callable[[Tensor, Tensor], Tensor],
+    denoise_fn: Callable[[Tensor, Tensor], Tensor | tuple[Tensor, Any]],
     schedule: NoiseSchedule,
     x_T: Tensor,
-    pairs: list[tuple[int, int]],
+    pairs: Sequence[tuple[int, int]],
     prediction_type: PredictionType = "epsilon",
     callback: Callable[[LoopState], Tensor | None] | None = None,
+    *,
+    x0_hook: X0Hook | None = None,
 ) -> StepOutput:
-    """Sample with DPM-Solver++(2M) over explicit (t, t_prev) pairs (e.g. from :func:`sampling_pairs`).
+    """Sample with DPM-Solver++(2M) over explicit (t, t_prev) pairs (e.g. from :func:`sampling_pairs`):
+    :func:`diffusion_core.sample_loop` with ``step_fn=dpm_solver_2m``.
 
     The first step and the final step (t_prev = -1) are first order, the rest second order, matching diffusers'
     ``DPMSolverMultistepScheduler`` defaults (solver_order=2, "dpmsolver++", "midpoint", final sigma zero).
+    ``x0_hook`` (e.g. ``clip_x0(1.0)``) plays diffusers' ``thresholding`` role on the data prediction.
     """
-    if not pairs:
-        raise ValueError("pairs must contain at least one (t, t_prev) step")
-    B = x_T.shape[0]
-    x, prev_x0, t_last = x_T, None, None
-    out = StepOutput(prev_sample=x_T, pred_original_sample=x_T)
-    for i, (t_int, t_prev_int) in enumerate(pairs):
-        t = torch.full((B,), t_int, dtype=torch.long, device=x.device)
-        t_prev = torch.full((B,), t_prev_int, dtype=torch.long, device=x.device)
-        x0, eps = to_x0_eps(schedule, x, t, denoise_fn(x, t), prediction_type)
-        out = dpm_solver_2m_step(schedule, x, t, t_prev, x0, prev_x0=prev_x0, t_last=t_last)
-        x_t, x = x, out.prev_sample
-        prev_x0, t_last = x0, t
-        if callback is not None:
-            replaced = callback(LoopState(i, t, t_prev, x_t, x0, eps, out))
-            if replaced is not None:
-                x = replaced
-                out = StepOutput(prev_sample=x, pred_original_sample=x0)
-    return out
+    return sample_loop(
+        denoise_fn,
+        schedule,
+        x_T,
+        pairs,
+        callback=callback,
+        prediction_type=prediction_type,
+        step_fn=dpm_solver_2m,
+        x0_hook=x0_hook,
+    )

@@ -19,7 +19,9 @@ def sample_timesteps(
 ) -> Tensor:
     """Uniform t ~ U{0, ..., T-1}, one per sample: LongTensor (B,)."""
     if batch_size < 0 or num_timesteps < 1:
-        raise ValueError(f"need batch_size >= 0 and num_timesteps >= 1, got {batch_size}, {num_timesteps}")
+        raise ValueError(
+            f"need batch_size >= 0 and num_timesteps >= 1, got {batch_size}, {num_timesteps}"
+        )
     gen_device = generator.device if generator is not None else device
     t = torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=gen_device)
     return t.to(device) if device is not None else t
@@ -28,7 +30,9 @@ def sample_timesteps(
 def per_sample_mse(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean squared error over all non-batch dims: (B,). The caller reduces (and may weight per sample)."""
     if pred.shape != target.shape:
-        raise ValueError(f"pred shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
+        raise ValueError(
+            f"pred shape {tuple(pred.shape)} does not match target {tuple(target.shape)}"
+        )
     loss = (pred - target).float().pow(2).flatten(1).mean(dim=1)
     if weight is not None:
         loss = loss * weight.to(loss)
@@ -43,7 +47,10 @@ def snr(schedule: NoiseSchedule, t: Tensor, dtype: torch.dtype = torch.float32) 
 
 
 def min_snr_weight(
-    schedule: NoiseSchedule, t: Tensor, gamma: float = 5.0, prediction_type: PredictionType = "epsilon"
+    schedule: NoiseSchedule,
+    t: Tensor,
+    gamma: float = 5.0,
+    prediction_type: PredictionType = "epsilon",
 ) -> Tensor:
     """Min-SNR-gamma loss weight (Hang et al. 2023) for an MSE on the given parameterisation: (B,).
 

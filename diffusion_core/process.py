@@ -37,7 +37,12 @@ class X0Eps(NamedTuple):
 
 
 def as_timesteps(
-    t: Tensor | int, batch_size: int, num_timesteps: int, *, device: torch.device, name: str = "t",
+    t: Tensor | int,
+    batch_size: int,
+    num_timesteps: int,
+    *,
+    device: torch.device,
+    name: str = "t",
     allow_final: bool = False,
 ) -> Tensor:
     """Validate per-sample timesteps and return them as a LongTensor (B,) on ``device``.
@@ -51,12 +56,16 @@ def as_timesteps(
     if t.ndim == 0:
         t = t.expand(batch_size)
     if t.shape != (batch_size,):
-        raise ValueError(f"{name} must have shape ({batch_size},) to match the batch, got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({batch_size},) to match the batch, got {tuple(t.shape)}"
+        )
     low = -1 if allow_final else 0
     if t.numel() and (int(t.min()) < low or int(t.max()) >= num_timesteps):
         bad = t[(t < low) | (t >= num_timesteps)][0].item()
         allowed = f"[{low}, {num_timesteps})"
-        raise ValueError(f"{name} value {bad} is outside {allowed} for a schedule with T={num_timesteps}")
+        raise ValueError(
+            f"{name} value {bad} is outside {allowed} for a schedule with T={num_timesteps}"
+        )
     return t
 
 
@@ -80,12 +89,16 @@ def gather(table: Tensor, t: Tensor, like: Tensor, *, final_value: float | None 
 
 def _check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{name_b} shape {tuple(b.shape)} does not match {name_a} shape {tuple(a.shape)}")
+        raise ValueError(
+            f"{name_b} shape {tuple(b.shape)} does not match {name_a} shape {tuple(a.shape)}"
+        )
 
 
 def _check_prediction_type(prediction_type: str) -> None:
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        raise ValueError(
+            f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}"
+        )
 
 
 def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor | int, noise: Tensor) -> Tensor:
@@ -107,7 +120,11 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor | int, noise: Tensor
 
 
 def to_x0_eps(
-    schedule: NoiseSchedule, x_t: Tensor, t: Tensor | int, model_output: Tensor, prediction_type: PredictionType
+    schedule: NoiseSchedule,
+    x_t: Tensor,
+    t: Tensor | int,
+    model_output: Tensor,
+    prediction_type: PredictionType,
 ) -> X0Eps:
     """Turn a model output of any parameterisation into (x0, eps) predictions.
 
@@ -134,7 +151,11 @@ def to_x0_eps(
 
 
 def training_target(
-    schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor | int, prediction_type: PredictionType
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    noise: Tensor,
+    t: Tensor | int,
+    prediction_type: PredictionType,
 ) -> Tensor:
     """The regression target for a model trained with ``prediction_type`` (diffusers' ``get_velocity`` for v)."""
     _check_prediction_type(prediction_type)

@@ -1,4 +1,4 @@
-"""Reverse-process steps (DDIM, DDPM), timestep pairs and a generic sampling loop.
+"""Reverse-process steps (DDIM, DDPM) and timestep pairs; the loop that drives them is in ``loop.py``.
 
 Every step takes the current timestep ``t`` *and* the next one ``t_prev`` explicitly (never derived), per sample,
 with ``t_prev = -1`` meaning "final" (alpha_bar = 1). A batch may mix timesteps. Notation follows Song et al. 2021
@@ -7,25 +7,22 @@ with ``t_prev = -1`` meaning "final" (alpha_bar = 1). A batch may mix timesteps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffusion_core.process import PredictionType, as_timesteps, gather, to_x0_eps
+from diffusion_core.process import as_timesteps, gather
 from diffusion_core.schedule import NoiseSchedule
 
 __all__ = [
     "StepOutput",
-    "LoopState",
     "Spacing",
     "sampling_timesteps",
     "sampling_pairs",
     "ddim_step",
     "ddpm_step",
-    "sample_loop",
     "classifier_free_guidance",
 ]
 
@@ -65,9 +62,13 @@ def sampling_timesteps(
     elif spacing == "trailing":
         seq = [int(v) - 1 for v in np.round(np.arange(T, 0, -T / S))]
     else:
-        raise ValueError(f"unknown spacing {spacing!r}; expected 'linspace', 'leading' or 'trailing'")
+        raise ValueError(
+            f"unknown spacing {spacing!r}; expected 'linspace', 'leading' or 'trailing'"
+        )
     if any(not 0 <= s < T for s in seq) or any(a <= b for a, b in zip(seq, seq[1:])):
-        raise ValueError(f"spacing {spacing!r} with offset {steps_offset} gives invalid timesteps {seq}")
+        raise ValueError(
+            f"spacing {spacing!r} with offset {steps_offset} gives invalid timesteps {seq}"
+        )
     return seq
 
 
@@ -86,16 +87,22 @@ def sampling_pairs(
 def _draw_noise(like: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
     if noise is not None:
         if noise.shape != like.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} does not match x_t shape {tuple(like.shape)}")
+            raise ValueError(
+                f"noise shape {tuple(noise.shape)} does not match x_t shape {tuple(like.shape)}"
+            )
         return noise.to(device=like.device, dtype=like.dtype)
     gen_device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=gen_device, dtype=like.dtype).to(like.device)
+    return torch.randn(like.shape, generator=generator, device=gen_device, dtype=like.dtype).to(
+        like.device
+    )
 
 
 def _check_pair(t: Tensor, t_prev: Tensor) -> None:
     if (t_prev >= t).any():
         i = int(torch.nonzero(t_prev >= t)[0, 0])
-        raise ValueError(f"t_prev must be < t for every sample; sample {i} has t={int(t[i])}, t_prev={int(t_prev[i])}")
+        raise ValueError(
+            f"t_prev must be < t for every sample; sample {i} has t={int(t[i])}, t_prev={int(t_prev[i])}"
+        )
 
 
 def ddim_step(
@@ -126,7 +133,9 @@ def ddim_step(
         StepOutput(prev_sample, pred_original_sample=x0).
     """
     if x0.shape != x_t.shape or eps.shape != x_t.shape:
-        raise ValueError(f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must match x_t {tuple(x_t.shape)}")
+        raise ValueError(
+            f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must match x_t {tuple(x_t.shape)}"
+        )
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     B, T = x_t.shape[0], schedule.num_timesteps
@@ -167,12 +176,18 @@ def ddpm_step(
     ``eps`` is accepted for a uniform step signature; the DDPM posterior needs only x0 and x_t.
     """
     if x0.shape != x_t.shape or eps.shape != x_t.shape:
-        raise ValueError(f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must match x_t {tuple(x_t.shape)}")
+        raise ValueError(
+            f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must match x_t {tuple(x_t.shape)}"
+        )
     if variance not in ("fixed_small", "fixed_large"):
         raise ValueError(f"unknown variance {variance!r}; expected 'fixed_small' or 'fixed_large'")
     B, T = x_t.shape[0], schedule.num_timesteps
     t = as_timesteps(t, B, T, device=x_t.device)
-    t_prev = t - 1 if t_prev is None else as_timesteps(t_prev, B, T, device=x_t.device, name="t_prev", allow_final=True)
+    t_prev = (
+        t - 1
+        if t_prev is None
+        else as_timesteps(t_prev, B, T, device=x_t.device, name="t_prev", allow_final=True)
+    )
     _check_pair(t, t_prev)
     ref = x_t.new_empty((B,) + (1,) * (x_t.ndim - 1), dtype=torch.float64)
     abar = gather(schedule.alphas_cumprod, t, ref)
@@ -184,70 +199,20 @@ def ddpm_step(
     dtype = x_t.dtype
     prev = coef_x0.to(dtype) * x0 + coef_xt.to(dtype) * x_t
     if (t_prev >= 0).any():
-        var = beta_t if variance == "fixed_large" else ((1 - abar_prev) / (1 - abar) * beta_t).clamp(min=1e-20)
+        var = (
+            beta_t
+            if variance == "fixed_large"
+            else ((1 - abar_prev) / (1 - abar) * beta_t).clamp(min=1e-20)
+        )
         not_final = (t_prev >= 0).to(torch.float64).reshape(ref.shape)
         prev = prev + (var.sqrt() * not_final).to(dtype) * _draw_noise(x_t, noise, generator)
     return StepOutput(prev_sample=prev, pred_original_sample=x0)
 
 
-class LoopState(NamedTuple):
-    """What a :func:`sample_loop` callback sees after step ``index`` (t -> t_prev)."""
-
-    index: int
-    t: Tensor
-    t_prev: Tensor
-    x_t: Tensor
-    x0: Tensor
-    eps: Tensor
-    step: StepOutput
-
-
-def sample_loop(
-    denoise_fn: Callable[[Tensor, Tensor], Tensor],
-    schedule: NoiseSchedule,
-    x_T: Tensor,
-    pairs: list[tuple[int, int]],
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    callback: Callable[[LoopState], Tensor | None] | None = None,
-    prediction_type: PredictionType = "epsilon",
-) -> StepOutput:
-    """Run DDIM over explicit (t, t_prev) pairs.
-
-    Args:
-        denoise_fn: ``denoise_fn(x_t, t) -> model_output`` with t a LongTensor (B,), output shaped like x_t and
-            interpreted by ``prediction_type``.
-        x_T: (B, ...) initial noise.
-        pairs: from :func:`sampling_pairs`.
-        callback: called after every step with a :class:`LoopState`; if it returns a tensor, that tensor replaces
-            the state the next step starts from (detection plugs box renewal in here).
-
-    Returns:
-        The last StepOutput (``prev_sample`` is the final sample).
-    """
-    if not pairs:
-        raise ValueError("pairs must contain at least one (t, t_prev) step")
-    x = x_T
-    B = x_T.shape[0]
-    out = StepOutput(prev_sample=x_T, pred_original_sample=x_T)
-    for i, (t_int, t_prev_int) in enumerate(pairs):
-        t = torch.full((B,), t_int, dtype=torch.long, device=x.device)
-        t_prev = torch.full((B,), t_prev_int, dtype=torch.long, device=x.device)
-        x0, eps = to_x0_eps(schedule, x, t, denoise_fn(x, t), prediction_type)
-        out = ddim_step(schedule, x, t, t_prev, x0, eps, eta=eta, generator=generator)
-        x_t, x = x, out.prev_sample
-        if callback is not None:
-            replaced = callback(LoopState(i, t, t_prev, x_t, x0, eps, out))
-            if replaced is not None:
-                if replaced.shape != x.shape:
-                    raise ValueError(f"callback returned shape {tuple(replaced.shape)}, expected {tuple(x.shape)}")
-                x = replaced
-                out = StepOutput(prev_sample=x, pred_original_sample=out.pred_original_sample)
-    return out
-
-
 def classifier_free_guidance(eps_cond: Tensor, eps_uncond: Tensor, guidance_scale: float) -> Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): (w + 1) * eps_cond - w * eps_uncond."""
     if eps_cond.shape != eps_uncond.shape:
-        raise ValueError(f"eps_cond {tuple(eps_cond.shape)} and eps_uncond {tuple(eps_uncond.shape)} differ")
+        raise ValueError(
+            f"eps_cond {tuple(eps_cond.shape)} and eps_uncond {tuple(eps_uncond.shape)} differ"
+        )
     return (guidance_scale + 1.0) * eps_cond - guidance_scale * eps_uncond

@@ -78,7 +78,9 @@ class NoiseSchedule:
                 f"and {tuple(self.alphas_cumprod.shape)}"
             )
         if self.betas.dtype != torch.float64 or self.alphas_cumprod.dtype != torch.float64:
-            raise ValueError("NoiseSchedule tables must be float64; build it with from_name/from_betas")
+            raise ValueError(
+                "NoiseSchedule tables must be float64; build it with from_name/from_betas"
+            )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -86,7 +88,9 @@ class NoiseSchedule:
         """Build a schedule from explicit betas, each in (0, 1]."""
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().clone()
         if betas.ndim != 1 or betas.numel() == 0:
-            raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
+            raise ValueError(
+                f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}"
+            )
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
             bad = betas[~(torch.isfinite(betas) & (betas > 0) & (betas <= 1))][0].item()
             raise ValueError(f"every beta must be in (0, 1]; found {bad}")
@@ -103,13 +107,17 @@ class NoiseSchedule:
             **kwargs: the schedule's own parameters (beta_start, beta_end, s, max_beta).
         """
         if name not in BETA_SCHEDULES:
-            raise ValueError(f"unknown noise schedule {name!r}; expected one of {sorted(BETA_SCHEDULES)}")
+            raise ValueError(
+                f"unknown noise schedule {name!r}; expected one of {sorted(BETA_SCHEDULES)}"
+            )
         if int(num_timesteps) != num_timesteps or num_timesteps < 1:
             raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
         try:
             betas = BETA_SCHEDULES[name](int(num_timesteps), **kwargs)
         except TypeError as err:
-            raise ValueError(f"bad parameters {sorted(kwargs)} for schedule {name!r}: {err}") from None
+            raise ValueError(
+                f"bad parameters {sorted(kwargs)} for schedule {name!r}: {err}"
+            ) from None
         return cls.from_betas(betas)
 
     # ------------------------------------------------------------------ properties
@@ -145,7 +153,9 @@ class NoiseSchedule:
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """Return a copy with the tables on ``device`` (still float64)."""
-        return NoiseSchedule(betas=self.betas.to(device), alphas_cumprod=self.alphas_cumprod.to(device))
+        return NoiseSchedule(
+            betas=self.betas.to(device), alphas_cumprod=self.alphas_cumprod.to(device)
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,6 @@
-"""Command line: ``python -m evaluation coco|lvis|cityscapes ...`` prints the familiar tables.
+"""Command line: ``python -m evaluation <task> ...`` prints the familiar tables.
+
+Tasks: coco, lvis, cityscapes, keypoints, panoptic, cityscapes-instance.
 
 Examples::
 
@@ -6,6 +8,10 @@ Examples::
     python -m evaluation coco --gt instances_val2017.json --dt results.json --class-agnostic
     python -m evaluation lvis --gt lvis_v1_val.json --dt results.json
     python -m evaluation cityscapes --gt gtFine/val --pred preds/ --json out.json
+    python -m evaluation coco --gt instances_val2017.json --dt results.json --plots plots/ --errors
+    python -m evaluation keypoints --gt person_keypoints_val2017.json --dt kp_results.json
+    python -m evaluation panoptic --gt panoptic_val2017.json --pred panoptic_results.json
+    python -m evaluation cityscapes-instance --gt gtFine/val --pred results/ --json out.json
 """
 
 from __future__ import annotations
@@ -13,58 +19,52 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from evaluation.cli_tools import HANDLERS, add_parsers, coco_analysis
+
 
 def _coco(args: argparse.Namespace) -> dict[str, Any]:
-    from evaluation.coco import STAT_NAMES, evaluate, format_stats
+    from evaluation.coco import STAT_NAMES, evaluate, format_table
 
-    out = evaluate(args.gt, args.dt, iou_type=args.iou_type, device=args.device,
-                   use_cats=not args.class_agnostic)
-    print(format_stats(out["stats"], args.iou_type))
-    return {
+    out = evaluate(
+        args.gt,
+        args.dt,
+        iou_type=args.iou_type,
+        device=args.device,
+        use_cats=not args.class_agnostic,
+    )
+    print(format_table(out))
+    result = {
         "iou_type": args.iou_type,
         "class_agnostic": args.class_agnostic,
-        "stats": dict(zip(STAT_NAMES, out["stats"])),
-        "per_category": out["per_category"],
+        **{k: out[k] for k in (*STAT_NAMES, "per_class")},
     }
+    coco_analysis(args, out, result)  # --plots DIR / --errors
+    return result
 
 
 def _lvis(args: argparse.Namespace) -> dict[str, Any]:
-    from evaluation.lvis import evaluate, format_results
+    from evaluation.lvis import RESULT_KEYS, evaluate, format_table
 
     out = evaluate(args.gt, args.dt, iou_type=args.iou_type, device=args.device)
-    print(format_results(out["results"], args.iou_type))
-    return {"iou_type": args.iou_type, "results": out["results"]}
+    print(format_table(out))
+    return {"iou_type": args.iou_type, **{k: out[k] for k in (*RESULT_KEYS, "per_class")}}
 
 
 def _cityscapes(args: argparse.Namespace) -> dict[str, Any]:
-    from evaluation.cityscapes import ID2LABEL, evaluate_dirs
+    from evaluation.cityscapes import evaluate_dirs, format_table, to_result
 
-    out = evaluate_dirs(
-        args.gt, args.pred, pred_ids=args.pred_ids, workers=args.workers, device=args.device
+    result = to_result(
+        evaluate_dirs(
+            args.gt, args.pred, pred_ids=args.pred_ids, workers=args.workers, device=args.device
+        )
     )
-    print("classes          IoU      nIoU\n--------------------------------")
-    for _i, lb in sorted(ID2LABEL.items()):
-        if not lb.ignore_in_eval:
-            print(
-                f"{lb.name:<14}: {out['classScores'][lb.name]:>5.3f}    {out['classInstScores'][lb.name]:>5.3f}"
-            )
-    print(
-        f"--------------------------------\nScore Average : {out['averageScoreClasses']:5.3f}    "
-        f"{out['averageScoreInstClasses']:5.3f}\n"
-    )
-    print("categories       IoU      nIoU\n--------------------------------")
-    for c, v in out["categoryScores"].items():
-        if c != "void":
-            print(f"{c:<14}: {v:>5.3f}    {out['categoryInstScores'][c]:>5.3f}")
-    print(
-        f"--------------------------------\nScore Average : {out['averageScoreCategories']:5.3f}    "
-        f"{out['averageScoreInstCategories']:5.3f}"
-    )
-    return out
+    print(format_table(result))
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dt", required=True, help="results json (list of detections)")
         p.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"))
     sub.choices["coco"].add_argument(
-        "--class-agnostic", action="store_true",
+        "--class-agnostic",
+        action="store_true",
         help="ignore categories when matching (pycocotools params.useCats = 0)",
     )
     p = sub.add_parser(
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelIds (official) or trainIds",
     )
     p.add_argument("--workers", type=int, default=8, help="PNG decoding threads")
+    add_parsers(sub)  # keypoints, panoptic, cityscapes-instance; coco --plots / --errors
     for p in sub.choices.values():
         p.add_argument(
             "--device", default=None, help="torch device (default: cuda if available, else cpu)"
@@ -109,13 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        out = {"coco": _coco, "lvis": _lvis, "cityscapes": _cityscapes}[args.task](args)
+        handlers = {"coco": _coco, "lvis": _lvis, "cityscapes": _cityscapes, **HANDLERS}
+        out = handlers[args.task](args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:  # atomic: a kill mid-write never leaves a truncated file under the final name
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
             json.dump(out, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.json)
     return 0
 
 

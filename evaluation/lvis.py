@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation import engine
-from evaluation.coco import COCOEvaluator, resolve_device
-from evaluation.coco_data import GroundTruth, Results, bbox_pair_iou, mask_pair_iou, parse_results
-from evaluation.dist import gather_on_main
+from evaluation import matching
+from evaluation.coco import per_class_mean
+from evaluation.coco_data import GroundTruth, Results, load_ground_truth, parse_results
+from evaluation.detections import DetectionRecords
+from evaluation.devices import resolve_device, single_thread_on_cpu
+from evaluation.pair_iou import pair_iou_for
 
 MAX_DETS = 300
 FREQ_LABELS = ("r", "c", "f")
@@ -43,8 +45,15 @@ RESULT_KEYS = (
 
 def _limit_per_image(res: Results, max_dets: int) -> np.ndarray:
     """Indices kept by ``LVISResults.limit_dets_per_image``: top ``max_dets`` scores per image, stable."""
-    order = np.argsort(-res.score, kind="stable")
-    order = order[np.argsort(res.img[order], kind="stable")]
+    if len(res) == 0:
+        return np.zeros(0, np.int64)
+    if matching.NUMBA:  # (image, -score, input order) in one compiled pass
+        from evaluation.matching_cpu import stable_order
+
+        order = stable_order(res.img, int(res.img.max()) + 1, res.img, False, res.score)
+    else:
+        order = np.argsort(-res.score, kind="stable")
+        order = order[np.argsort(res.img[order], kind="stable")]
     img = res.img[order]
     starts = np.r_[0, np.flatnonzero(np.diff(img)) + 1]
     rank = np.arange(len(img)) - np.repeat(starts, np.diff(np.r_[starts, len(img)]))
@@ -77,19 +86,24 @@ def _summarize(
     precision: np.ndarray, recall: np.ndarray, freq_groups: list[list[int]]
 ) -> dict[str, float]:
     """lvis-api ``summarize()`` with its exact numpy indexing (the mean's summation order depends on it)."""
-    iou_thrs = engine.coco_iou_thrs()
-    labels = list(engine.AREA_LABELS)
+    iou_thrs = matching.coco_iou_thrs()
+    labels = list(matching.AREA_LABELS)
+
+    # A (category, area) column is all -1 (no non-ignored GT) or all >= 0, so "s[s > -1]" is the columns
+    # of the valid categories, in the same C order: the same values reach np.mean, without the mask pass.
+    valid = {"ap": precision[0, 0] > -1, "ar": recall[0] > -1}  # (K, A)
 
     def one(kind: str, iou_thr=None, area="all", freq=None) -> float:
-        aidx = [i for i, a in enumerate(labels) if a == area]
+        a = labels.index(area)
+        cats = (
+            np.arange(valid[kind].shape[0]) if freq is None else np.asarray(freq_groups[freq], int)
+        )
+        cats = cats[valid[kind][cats, a]]
         s = precision if kind == "ap" else recall
         if iou_thr is not None:
             s = s[np.where(iou_thr == iou_thrs)[0]]
-        if kind == "ap":
-            s = s[:, :, freq_groups[freq], aidx] if freq is not None else s[:, :, :, aidx]
-        else:
-            s = s[:, :, aidx]
-        return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
+        s = s[:, :, cats, a] if kind == "ap" else s[:, cats, a]
+        return -1.0 if s.size == 0 else float(np.mean(s.ravel()))
 
     vals = [
         one("ap"),
@@ -111,30 +125,40 @@ def _summarize(
 
 def evaluate(
     gt: str | Path | dict | GroundTruth,
-    detections: str | Path | list,
+    detections: str | Path | list | Results,
     iou_type: str = "bbox",
     device: str | torch.device | None = None,
+    kernel: str = "auto",
 ) -> dict[str, Any]:
     """LVIS evaluation equal to lvis-api 0.5.3.
 
     Args:
-        gt: LVIS v0.5 / v1 annotation json path or dict.
+        gt: LVIS v0.5 / v1 annotation json path, dict, or a :class:`GroundTruth`.
         detections: results json path or list of dicts (``image_id``, ``category_id``, ``score``, ``bbox`` xywh
-            or ``segmentation`` RLE).
+            or ``segmentation`` RLE), or parsed :class:`Results` (in results-file order).
         iou_type: "bbox" or "segm".
-        device: torch device (default: CUDA when available).
+        device: "cpu" (compiled kernel) or "cuda" (torch); default: CUDA when available.
+        kernel: "auto", or "torch" to run the torch path on the CPU too.
 
     Returns:
-        dict with "results" (the 13 LVIS metrics, fractions), "precision" (T,R,K,A), "recall" (T,K,A).
+        The protocol result (the 13 LVIS metrics as fractions under :data:`RESULT_KEYS`, "per_class": AP per
+        category name) plus lvis-api's arrays "precision" (T,R,K,A) and "recall" (T,K,A).
     """
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     dev = resolve_device(device)
-    if not isinstance(gt, GroundTruth):
-        gt = GroundTruth.from_dataset(
-            gt, require=("area", "bbox") if iou_type == "bbox" else ("area", "segmentation")
-        )
-    dets = parse_results(detections, gt, iou_type)
+    with single_thread_on_cpu(dev):
+        return _evaluate(load_ground_truth(gt, iou_type), detections, iou_type, dev, kernel)
+
+
+def _evaluate(
+    gt: GroundTruth,
+    detections: str | Path | list | Results,
+    iou_type: str,
+    dev: torch.device,
+    kernel: str,
+) -> dict[str, Any]:
+    dets = (
+        detections if isinstance(detections, Results) else parse_results(detections, gt, iou_type)
+    )
     dets = dets.subset(_limit_per_image(dets, MAX_DETS))
     gt_area = np.array([float(a["area"]) for a in gt.anns], dtype=np.float64)
     gt_keep = (gt_area > 0) & (gt_area < np.inf)
@@ -142,33 +166,28 @@ def evaluate(
     keep = allowed & (dets.area > 0) & (dets.area < np.inf)
     dets, not_exh = dets.subset(np.flatnonzero(keep)), not_exh[keep]
 
-    gtt_full = gt.table(dev, crowd_is_ignore=False)
-    gidx = torch.as_tensor(np.flatnonzero(gt_keep), device=dev)
-    gtt = gtt_full.subset(gidx)
+    gidx = np.flatnonzero(gt_keep)
+    gtt = gt.table(dev, crowd_is_ignore=False).subset(torch.as_tensor(gidx, device=dev))
     dtt = dets.table(dev)
     dtt.ignore_unmatched = torch.as_tensor(not_exh, device=dev)
-    if iou_type == "bbox":
-        gt_boxes = torch.as_tensor(gt.boxes(), dtype=torch.float64, device=dev)[gidx]
-        dt_boxes = torch.as_tensor(dets.boxes, dtype=torch.float64, device=dev).reshape(-1, 4)
-        pair_iou = bbox_pair_iou(dt_boxes, gt_boxes, gtt.crowd)
-    else:
-        rles = gt.rles()
-        pair_iou = mask_pair_iou(dets.rles, [rles[i] for i in gidx.tolist()], gtt.crowd, dev)
-    out = engine.run(
+    out = matching.run(
         gtt,
         dtt,
         num_cats=len(gt.cat_ids),
-        pair_iou=pair_iou,
+        pair_iou=pair_iou_for(gt, dets, iou_type, gtt.crowd, dev, gt_index=gidx),
         max_dets=[MAX_DETS],
         per_cell_cap=None,
-        iou_thrs=engine.coco_iou_thrs(),
-        rec_thrs=engine.coco_rec_thrs(),
-        area_rngs=engine.AREA_RANGES,
+        iou_thrs=matching.coco_iou_thrs(),
+        rec_thrs=matching.coco_rec_thrs(),
+        area_rngs=matching.AREA_RANGES,
+        kernel=kernel,
+        with_scores=False,
     )
     precision, recall = out.precision[..., 0], out.recall[..., 0]
-    freq_groups = _freq_groups(gt)
+    per_class = per_class_mean(precision[:, :, :, 0], gt.cat_names)
     return {
-        "results": _summarize(precision, recall, freq_groups),
+        **_summarize(precision, recall, _freq_groups(gt)),
+        "per_class": per_class,
         "precision": precision,
         "recall": recall,
     }
@@ -187,11 +206,10 @@ def _freq_groups(gt: GroundTruth) -> list[list[int]]:
     return groups
 
 
-def format_results(results: dict[str, float], iou_type: str = "bbox") -> str:
-    """LVIS summary table in lvis-api's print layout."""
-    del iou_type
+def format_table(result: dict[str, Any]) -> str:
+    """lvis-api's 13-line summary of a result (its :data:`RESULT_KEYS` fractions)."""
     lines = []
-    for key, v in results.items():
+    for key in RESULT_KEYS:
         title, typ = (
             ("Average Precision", "(AP)") if key.startswith("AP") else ("Average Recall", "(AR)")
         )
@@ -200,15 +218,20 @@ def format_results(results: dict[str, float], iou_type: str = "bbox") -> str:
         area = key[2] if len(key) > 2 and key[2] in "sml" else "all"
         lines.append(
             f" {title:<18} {typ} @[ IoU={iou:<9} | area={area:>6s} | maxDets={MAX_DETS:>3d} "
-            f"catIds={group:>3s}] = {v:0.3f}"
+            f"catIds={group:>3s}] = {result[key]:0.3f}"
         )
     return "\n".join(lines)
 
 
-class LVISEvaluator(COCOEvaluator):
-    """Streaming LVIS evaluator: same protocol as :class:`evaluation.coco.COCOEvaluator`, max 300 dets/image.
+class LVISEvaluator:
+    """LVIS evaluator following :mod:`evaluation.protocol` (at most 300 detections per image, applied at
+    evaluation as lvis-api does; gathers ranks, evaluates on rank 0).
 
-    ``evaluate()`` returns {"bbox"|"segm": {LVIS metric: percent}, "results": fractions} on rank 0.
+    Args:
+        gt: LVIS annotation json path or dict.
+        iou_type: "bbox" or "segm" (segm needs "masks" in the outputs).
+        label_to_category_id: contiguous label -> LVIS category id; ``None`` means labels are category ids.
+        device: evaluation device (default: CUDA when available).
     """
 
     def __init__(
@@ -219,23 +242,35 @@ class LVISEvaluator(COCOEvaluator):
         label_to_category_id: Sequence[int] | None = None,
         device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(
-            gt,
+        self.gt = load_ground_truth(gt, iou_type)
+        self.iou_type = iou_type
+        self.device = resolve_device(device)
+        self._records = DetectionRecords(
+            self.gt,
             iou_type=iou_type,
             label_to_category_id=label_to_category_id,
-            device=device,
             max_dets_per_image=None,
+            who="LVISEvaluator",
         )
 
+    def reset(self) -> None:
+        """Drop everything processed so far."""
+        self._records.items = []
+
+    def process(self, inputs: Sequence[dict], outputs: Sequence[dict]) -> None:
+        """Add one batch (the detection convention of :mod:`evaluation.protocol`)."""
+        self._records.add(inputs, outputs)
+
+    def results(self) -> list[dict[str, Any]]:
+        """LVIS results-file records of this rank."""
+        return self._records.results_json()
+
     def evaluate(self) -> dict[str, Any]:
-        gathered = gather_on_main(self._records)
-        if gathered is None:
+        """The 13 LVIS metrics (fractions, :data:`RESULT_KEYS`) and "per_class" AP on rank 0; ``{}`` elsewhere."""
+        items = self._records.gathered()
+        if items is None:
             return {}
-        saved = self._records
-        self._records = [r for part in gathered for r in part]
-        try:
-            dets = self.results()
-        finally:
-            self._records = saved
-        res = evaluate(self.gt, dets, iou_type=self.iou_type, device=self.device)["results"]
-        return {self.iou_type: {k: 100.0 * v for k, v in res.items()}, "results": res}
+        out = evaluate(
+            self.gt, self._records.to_results(items), iou_type=self.iou_type, device=self.device
+        )
+        return {k: out[k] for k in (*RESULT_KEYS, "per_class")}

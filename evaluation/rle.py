@@ -12,6 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+try:
+    from numba import njit
+except (
+    ImportError
+):  # pragma: no cover - without numba the CPU path uses the torch kernels (no runs)
+
+    def njit(*args, **kwargs):
+        return lambda f: f
+
 
 def decode_counts(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Run lengths of many compressed RLEs (pycocotools' ``rleFrString``, vectorised over all strings).
@@ -50,6 +59,46 @@ def decode_counts(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     base = np.repeat(np.r_[0, cs[starts[1:] - 1]], np.diff(np.r_[starts, o.size]))
     out[o] = cs - base
     return out, mask_of
+
+
+@njit(cache=True)
+def _runs_from_strings(buf, offsets):
+    """pycocotools ``rleFrString`` over many strings: 5-bit chunks with a continuation bit and a sign bit,
+    then ``cnts[m] += cnts[m - 2]`` for m > 2. Returns (counts int64, first: mask m owns
+    ``counts[first[m]:first[m + 1]]``)."""
+    n = offsets.shape[0] - 1
+    counts = np.empty(buf.shape[0], dtype=np.int64)
+    first = np.empty(n + 1, dtype=np.int64)
+    out = 0
+    for i in range(n):
+        first[i] = out
+        p, m = offsets[i], 0
+        while p < offsets[i + 1]:
+            x, k, more = 0, 0, True
+            while more and p < offsets[i + 1]:
+                c = np.int64(buf[p]) - 48
+                x |= (c & 0x1F) << (5 * k)
+                more = (c & 0x20) != 0
+                p += 1
+                k += 1
+                if not more and (c & 0x10):
+                    x |= np.int64(-1) << (5 * k)
+            if m > 2:
+                x += counts[out - 2]
+            counts[out] = x & 0xFFFFFFFF  # stored as uint32 by pycocotools
+            out += 1
+            m += 1
+    first[n] = out
+    return counts[:out], first
+
+
+def decode_runs(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths of many compressed RLEs (compiled): (counts, first) with mask m's runs (zeros first)
+    at ``counts[first[m]:first[m + 1]]``."""
+    strs = [r["counts"] if isinstance(r["counts"], bytes) else r["counts"].encode() for r in rles]
+    offsets = np.zeros(len(strs) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in strs], out=offsets[1:])
+    return _runs_from_strings(np.frombuffer(b"".join(strs), dtype=np.uint8), offsets)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from evaluation.dist import gather_on_main
+from evaluation.protocol import check_batch, require_key
 
 
 def _as_tensor(x: Any, device: torch.device | None = None) -> torch.Tensor:
@@ -151,12 +152,12 @@ def ddpmseg_miou(
 
 
 class SemSegEvaluator:
-    """Streaming generic K-class evaluator (CamVid, ADE, ...): reset / process / evaluate.
+    """Generic K-class evaluator (CamVid, ADE, ...) following :mod:`evaluation.protocol`.
 
     Args:
         num_classes: K.
         ignore_index: GT value skipped by the standard metric (and the class id DDPM-Seg mode skips).
-        class_names: optional K names for "per_class".
+        class_names: optional K names for "per_class" (default: the class indices as strings).
         mode: "standard" (NaN-skipping mIoU) or "ddpmseg" (DDPM-Seg's compute_iou quirks).
         device: where the bincounts run (default: the inputs' device).
     """
@@ -176,20 +177,35 @@ class SemSegEvaluator:
             raise ValueError(
                 f"SemSegEvaluator: {len(class_names)} class names for {num_classes} classes"
             )
-        self.num_classes, self.ignore_index, self.class_names = (
-            num_classes,
-            ignore_index,
-            class_names,
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.class_names = (
+            list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
         )
         self.mode = mode
         self.device = torch.device(device) if device is not None else None
         self.reset()
 
     def reset(self) -> None:
+        """Drop everything processed so far."""
         self._acc: torch.Tensor | None = None
 
-    def process(self, preds: Any, gts: Any) -> None:
-        """Add a batch: ``preds``, ``gts`` (B, H, W) or (H, W) label maps (tensors or arrays)."""
+    def process(self, inputs: Sequence[dict], outputs: Sequence[dict]) -> None:
+        """Add one batch: ``inputs[i]["sem_seg"]`` (H, W) integer GT (optional ``"file_name"`` for errors),
+        ``outputs[i]["sem_seg"]`` (H, W) integer labels or (C, H, W) scores (argmax over C)."""
+        check_batch(inputs, outputs, "SemSegEvaluator")
+        for i, (inp, out) in enumerate(zip(inputs, outputs)):
+            name = inp.get("file_name", f"inputs[{i}]")
+            gt = require_key(inp, "sem_seg", "SemSegEvaluator", f"input {name}")
+            pred = _as_tensor(require_key(out, "sem_seg", "SemSegEvaluator", f"output {name}"))
+            if pred.ndim == 3:
+                pred = pred.argmax(0)
+            try:
+                self.process_arrays(pred, gt)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from e
+
+    def process_arrays(self, preds: Any, gts: Any) -> None:
+        """Add label maps directly: ``preds``, ``gts`` (B, H, W) or (H, W) (tensors or arrays)."""
         gt = _as_tensor(gts, self.device)
         pred = _as_tensor(preds, gt.device)
         if self.mode == "standard":
@@ -202,17 +218,43 @@ class SemSegEvaluator:
             c = ddpmseg_counts(pred, gt, self.num_classes)
         self._acc = c if self._acc is None else self._acc + c
 
-    def evaluate(self) -> dict[str, Any]:
-        """Sum over ranks; metrics on rank 0 ({} elsewhere). Standard mode adds "confusion" (K, K)."""
+    def counts(self) -> torch.Tensor | None:
+        """The summed counts over ranks on rank 0 (standard: (K, K) confusion, rows GT; ddpmseg: (3, K)
+        [intersection, prediction, GT] pixels); None on other ranks."""
         parts = gather_on_main(None if self._acc is None else self._acc.cpu())
         if parts is None:
-            return {}
+            return None
         parts = [p for p in parts if p is not None]
         if not parts:
             raise ValueError("SemSegEvaluator.evaluate: nothing was processed")
-        total = torch.stack(parts).sum(0)
+        return torch.stack(parts).sum(0)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Rank 0: standard mode {"mIoU", "mean_acc", "pixel_acc", "per_class": IoU per class (NaN when a
+        class is absent from GT and predictions)}; ddpmseg mode {"mIoU", "per_class"} over the non-ignored
+        class ids. ``{}`` on other ranks."""
+        total = self.counts()
+        if total is None:
+            return {}
         if self.mode == "ddpmseg":
-            return ddpmseg_miou_from_counts(total, self.ignore_index)
+            out = ddpmseg_miou_from_counts(total, self.ignore_index)
+            names = [self.class_names[k] for k in out["class_ids"]]
+            return {"mIoU": out["miou"], "per_class": dict(zip(names, out["iou"].tolist()))}
         out = miou_from_confusion(total, self.class_names)
-        out["confusion"] = total
-        return out
+        return {
+            "mIoU": out["miou"],
+            "mean_acc": out["mean_acc"],
+            "pixel_acc": out["pixel_acc"],
+            "per_class": out["per_class"],
+        }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Per-class IoU lines and the summary of a :class:`SemSegEvaluator` result (percent, 2 decimals)."""
+    width = max([len(n) for n in result["per_class"]] + [8])
+    lines = [f"{name:<{width}}  {100 * v:6.2f}" for name, v in result["per_class"].items()]
+    lines.append("-" * (width + 8))
+    for key in ("mIoU", "mean_acc", "pixel_acc"):
+        if key in result:
+            lines.append(f"{key:<{width}}  {100 * result[key]:6.2f}")
+    return "\n".join(lines)

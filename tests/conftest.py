@@ -25,7 +25,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shared_data() -> Path:
     """Path to ../shared/data; skips the test when the folder is not there (e.g. a user's fresh clone)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (set DIFFVISION_SHARED_DATA to point at it)")
+        pytest.skip(
+            f"shared data not found at {SHARED_DATA} (set DIFFVISION_SHARED_DATA to point at it)"
+        )
     return SHARED_DATA
 
 

@@ -23,7 +23,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 
 def generate(item: tuple[str, dict]) -> tuple[str, float]:
@@ -39,28 +38,45 @@ def generate(item: tuple[str, dict]) -> tuple[str, float]:
 
 def summarise(name: str, run_dir: Path, returncode: int, wall: float, variant: dict) -> dict:
     """One result record from a finished (or killed) run's metrics.json and log.jsonl."""
-    rec = {"name": name, "rc": returncode, "wall": round(wall, 1), "data": variant["data"],
-           "overrides": variant["overrides"]}
+    rec = {
+        "name": name,
+        "rc": returncode,
+        "wall": round(wall, 1),
+        "data": variant["data"],
+        "overrides": variant["overrides"],
+    }
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        rec["AP"] = {k: round(v["bbox"]["AP"], 2) for k, v in metrics.items()}
-        rec["AP50"] = {k: round(v["bbox"]["AP50"], 2) for k, v in metrics.items()}
-        rec["APsml"] = {k: [round(v["bbox"][x], 1) for x in ("APs", "APm", "APl")]
-                        for k, v in metrics.items()}
+        rec["AP"] = {k: round(100 * v["AP"], 2) for k, v in metrics.items()}
+        rec["AP50"] = {k: round(100 * v["AP50"], 2) for k, v in metrics.items()}
+        rec["APsml"] = {
+            k: [round(100 * v[x], 1) for x in ("APs", "APm", "APl")] for k, v in metrics.items()
+        }
     except (OSError, ValueError, KeyError):
         rec["err"] = (run_dir / "stdout.txt").read_text()[-800:]
     try:
-        train = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
-                 if '"train"' in line]
-        rec.update(loss_last=round(train[-1]["total_loss"], 2), iters=train[-1]["iteration"],
-                   s_it=round(train[-1]["time"], 3))
+        train = [
+            json.loads(line)
+            for line in (run_dir / "log.jsonl").read_text().splitlines()
+            if '"train"' in line
+        ]
+        rec.update(
+            loss_last=round(train[-1]["total_loss"], 2),
+            iters=train[-1]["iteration"],
+            s_it=round(train[-1]["time"], 3),
+        )
     except (OSError, ValueError, IndexError, KeyError):
         pass
     return rec
 
 
 def main(argv: list[str]) -> None:
-    variants_path, out, parallel, deadline = Path(argv[0]), Path(argv[1]), int(argv[2]), float(argv[3])
+    variants_path, out, parallel, deadline = (
+        Path(argv[0]),
+        Path(argv[1]),
+        int(argv[2]),
+        float(argv[3]),
+    )
     variants = json.loads(variants_path.read_text())
     datasets = json.loads((variants_path.parent / "datasets.json").read_text())
     start = time.time()
@@ -75,13 +91,26 @@ def main(argv: list[str]) -> None:
             v = queue.pop(0)
             run_dir = out / v["name"]
             run_dir.mkdir(parents=True, exist_ok=True)
-            spec = [f"data.synthetic_spec.{k}={json.dumps(x)}" for k, x in datasets[v["data"]].items()]
-            cmd = [sys.executable, str(ROOT / "tasks/detect/train.py"),
-                   f"data.synthetic_root=/tmp/ds/{v['data']}", f"output_dir={run_dir}",
-                   "data.num_workers=1", "test.eval_batch_size=8", *spec, *v["overrides"]]
+            spec = [
+                f"data.synthetic_spec.{k}={json.dumps(x)}" for k, x in datasets[v["data"]].items()
+            ]
+            cmd = [
+                sys.executable,
+                str(ROOT / "tasks/detect/train.py"),
+                f"data.synthetic_root=/tmp/ds/{v['data']}",
+                f"output_dir={run_dir}",
+                "data.num_workers=1",
+                "test.eval_batch_size=8",
+                *spec,
+                *v["overrides"],
+            ]
             log = open(run_dir / "stdout.txt", "w")  # noqa: SIM115 (closed with the process)
-            running[v["name"]] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT),
-                                  time.time(), v, log)
+            running[v["name"]] = (
+                subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT),
+                time.time(),
+                v,
+                log,
+            )
         time.sleep(2)
         for name, (proc, started, v, log) in list(running.items()):
             if proc.poll() is None and time.time() - start < deadline:

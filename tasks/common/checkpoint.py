@@ -38,6 +38,8 @@ __all__ = [
 _CKPT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 TMP_SUFFIX = ".tmp"
 logger = logging.getLogger("diffvision.checkpoint")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -50,6 +52,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -115,7 +118,9 @@ def latest_loadable_checkpoint(output_dir: str | Path) -> Path | None:
         try:
             load_checkpoint(path)
         except ValueError as err:
-            logger.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path, err)
+            logger.warning(
+                "skipping unreadable checkpoint %s (%s); trying the previous one", path, err
+            )
             continue
         return path
     return None
@@ -126,7 +131,9 @@ def remove_orphan_tmp_files(output_dir: str | Path) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    orphans = [p for p in output_dir.iterdir() if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)]
+    orphans = [
+        p for p in output_dir.iterdir() if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+    ]
     for p in orphans:
         p.unlink(missing_ok=True)
     return orphans
@@ -150,7 +157,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(int(v) for v in internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached))
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

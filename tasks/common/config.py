@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,23 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false are booleans, so ``amp: off`` stays the string "off"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -51,7 +69,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+        raise ValueError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}"
+        )
     if origin is typing.Literal:
         if value not in args:
             raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
@@ -108,7 +128,9 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}"
+        )
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -151,7 +173,7 @@ def load_yaml_deltas(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = _load_yaml(f.read()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -167,7 +189,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ValueError(f"override {item!r} must look like 'section.key=value'")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
         node = out
         *parents, leaf = key.split(".")
         for part in parents:

@@ -1,8 +1,10 @@
-"""A generic denoising-diffusion trainer any task can import: loss, one training step, image sampling, a grid.
+"""A generic denoising-diffusion trainer any task can import: loss, one training step, image
+sampling, a grid.
 
-The model is any ``model(x_t, t) -> (B, >= C, H, W)`` network predicting the noise ``eps`` in its first ``C``
-channels (extra channels, e.g. guided-diffusion's learned-sigma half, are ignored). Images are ``(B, C, H, W)``
-in [-1, 1]; ``t`` is a LongTensor (B,) of integer timesteps of ``schedule``.
+The model is any ``model(x_t, t) -> (B, >= C, H, W)`` network predicting the noise ``eps`` in its
+first ``C`` channels (extra channels, e.g. guided-diffusion's learned-sigma half, are ignored).
+Images are ``(B, C, H, W)`` in [-1, 1]; ``t`` is a LongTensor (B,) of integer timesteps of
+``schedule``.
 
 Example (one step of a task's loop; the loop itself stays in the task)::
 
@@ -11,7 +13,8 @@ Example (one step of a task's loop; the loop itself stays in the task)::
     for iteration in range(start, total):
         logs = denoising_train_step(model, optimizer, schedule, next_batch(), iteration=iteration,
                                     ema=ema, scaler=scaler, amp=amp)
-    save_image_grid(sample_images(ema.module, schedule, 16, (H, W), device=device), out / "samples.png")
+    grid = sample_images(ema.module, schedule, 16, (H, W), device=device)
+    save_image_grid(grid, out / "samples.png")
 """
 
 from __future__ import annotations
@@ -28,19 +31,26 @@ from torch import Tensor, nn
 
 from diffusion_core import (
     NoiseSchedule,
-    ddim_step,
+    clip_x0,
     dpm_solver_2m_sample,
     q_sample,
+    sample_loop,
     sample_timesteps,
     sampling_pairs,
-    to_x0_eps,
     training_target,
 )
 from tasks.common.checkpoint import atomic_write_bytes
 from tasks.common.ema import ModelEMA
 from tasks.common.training import autocast, optimizer_step
 
-__all__ = ["LOSSES", "SAMPLERS", "denoising_train_step", "diffusion_loss", "sample_images", "save_image_grid"]
+__all__ = [
+    "LOSSES",
+    "SAMPLERS",
+    "denoising_train_step",
+    "diffusion_loss",
+    "sample_images",
+    "save_image_grid",
+]
 
 LOSSES: tuple[str, ...] = ("mse", "l1")
 SAMPLERS: tuple[str, ...] = ("ddim", "dpm_solver")
@@ -57,7 +67,8 @@ def diffusion_loss(
     """The simple DDPM loss: ``loss(model(x_t, t)[:, :C], eps)`` at timesteps drawn uniformly.
 
     Args:
-        model: ``model(x_t, t) -> (B, >= C, H, W)``; the first ``C`` output channels are the eps prediction.
+        model: ``model(x_t, t) -> (B, >= C, H, W)``; the first ``C`` output channels are the eps
+            prediction.
         schedule: the training noise schedule (``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``).
         x0: clean images (B, C, H, W) in [-1, 1].
         generator: source of t and eps (None: the global RNG); on ``x0``'s device.
@@ -74,8 +85,16 @@ def diffusion_loss(
     noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
     x_t = q_sample(schedule, x0, t, noise)
     out = model(x_t, t)
-    if out.ndim != 4 or out.shape[0] != x0.shape[0] or out.shape[1] < x0.shape[1] or out.shape[2:] != x0.shape[2:]:
-        raise ValueError(f"model output {tuple(out.shape)} does not fit images {tuple(x0.shape)} (need >= C channels)")
+    if (
+        out.ndim != 4
+        or out.shape[0] != x0.shape[0]
+        or out.shape[1] < x0.shape[1]
+        or out.shape[2:] != x0.shape[2:]
+    ):
+        raise ValueError(
+            f"model output {tuple(out.shape)} does not fit images {tuple(x0.shape)} "
+            "(need >= C channels)"
+        )
     target = training_target(schedule, x0, noise, t, "epsilon")
     pred = out[:, : x0.shape[1]].float()
     return F.mse_loss(pred, target.float()) if loss == "mse" else F.l1_loss(pred, target.float())
@@ -98,9 +117,10 @@ def denoising_train_step(
 ) -> dict[str, float]:
     """One optimiser step of denoising training on ``x0`` (B, C, H, W) in [-1, 1].
 
-    The loss runs under :func:`tasks.common.training.autocast`; :func:`tasks.common.training.optimizer_step` does
-    the non-finite check (``NonFiniteLossError`` naming the term and ``iteration``), backward, unscale, clip and
-    step; then the EMA takes the warmed-up update at ``iteration``.
+    The loss runs under :func:`tasks.common.training.autocast`;
+    :func:`tasks.common.training.optimizer_step` does the non-finite check (``NonFiniteLossError``
+    naming the term and ``iteration``), backward, unscale, clip and step; then the EMA takes the
+    warmed-up update at ``iteration``.
 
     Args:
         model: the trained module (the EMA's source; unwrapped).
@@ -108,12 +128,17 @@ def denoising_train_step(
         iteration: the global step index (0-based) of this update.
 
     Returns:
-        ``{"diffusion_loss", "total_loss"}`` (+ ``"grad_norm"`` when clipping) as rank-averaged floats.
+        ``{"diffusion_loss", "total_loss"}`` (+ ``"grad_norm"`` when clipping) as rank-averaged
+        floats.
     """
     with autocast(x0.device, amp):
         value = diffusion_loss(forward_model or model, schedule, x0, generator=generator, loss=loss)
     logs = optimizer_step(
-        {"diffusion_loss": value}, optimizer, iteration=iteration, scaler=scaler, clip_grad_norm=clip_grad_norm
+        {"diffusion_loss": value},
+        optimizer,
+        iteration=iteration,
+        scaler=scaler,
+        clip_grad_norm=clip_grad_norm,
     )
     if ema is not None:
         ema.update(model, step=iteration)
@@ -134,11 +159,12 @@ def sample_images(
     clip: bool = True,
     channels: int = 3,
 ) -> Tensor:
-    """``n`` unconditional samples (n, channels, H, W) in [-1, 1] with DDIM (eta 0) or DPM-Solver++(2M).
+    """``n`` unconditional samples (n, channels, H, W) in [-1, 1] with DDIM (eta 0) or
+    DPM-Solver++(2M).
 
     ``clip`` (DDIM) clamps the predicted x0 to [-1, 1] at every step and re-derives eps from it, as
-    guided-diffusion's ``clip_denoised=True``; without it a briefly trained model diverges. The start noise is
-    drawn from a generator seeded with ``seed`` on ``device``.
+    guided-diffusion's ``clip_denoised=True``; without it a briefly trained model diverges. The
+    start noise is drawn from a generator seeded with ``seed`` on ``device``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -153,27 +179,24 @@ def sample_images(
 
     if sampler == "dpm_solver":
         return dpm_solver_2m_sample(eps_fn, schedule, x, pairs).prev_sample.clamp(-1, 1)
-    abar = schedule.alphas_cumprod.to(device)
-    for t_int, t_prev_int in pairs:
-        t = torch.full((n,), t_int, dtype=torch.long, device=device)
-        x0, eps = to_x0_eps(schedule, x, t, eps_fn(x, t), "epsilon")
-        if clip:
-            x0 = x0.clamp(-1, 1)
-            a = abar[t_int].to(x.dtype)
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        x = ddim_step(schedule, x, t, torch.full_like(t, t_prev_int), x0, eps).prev_sample
-    return x.clamp(-1, 1)
+    hook = (
+        clip_x0(1.0) if clip else None
+    )  # eps re-derived from the clipped x0 (use_clipped_model_output)
+    return sample_loop(eps_fn, schedule, x, pairs, eta=0.0, x0_hook=hook).prev_sample.clamp(-1, 1)
 
 
 def image_grid(images: Tensor, *, ncol: int = 8) -> np.ndarray:
-    """Tile (N, C, H, W) images in [-1, 1] (C = 1 or 3) into one (rows * H, ncol * W, 3) uint8 array."""
+    """Tile (N, C, H, W) images in [-1, 1] (C = 1 or 3) into one (rows * H, ncol * W, 3) uint8
+    array."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
     n, _, h, w = images.shape
     ncol = max(1, min(ncol, n))
     rows = math.ceil(n / ncol)
     grid = np.zeros((rows * h, ncol * w, 3), dtype=np.uint8)
-    pixels = ((images.detach().float().cpu().expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy() + 1) * 127.5)
+    pixels = (
+        images.detach().float().cpu().expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy() + 1
+    ) * 127.5
     pixels = pixels.round().clip(0, 255).astype(np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)

@@ -33,7 +33,9 @@ class DistInfo(NamedTuple):
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``"auto"`` -> cuda:<local_rank> when available, else cpu."""
     if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")

@@ -13,7 +13,9 @@ __all__ = ["ModelEMA", "unwrap_model"]
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel wrappers."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )
 
 
 class ModelEMA:

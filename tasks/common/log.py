@@ -72,7 +72,9 @@ class MetricWriter:
     to ``output_dir/log.jsonl`` and adds every finite numeric value as the scalar ``<type>/<key>``.
     """
 
-    def __init__(self, output_dir: str | Path, *, jsonl_name: str = "log.jsonl", tensorboard: bool = True) -> None:
+    def __init__(
+        self, output_dir: str | Path, *, jsonl_name: str = "log.jsonl", tensorboard: bool = True
+    ) -> None:
         self.jsonl = JsonlLogger(Path(output_dir) / jsonl_name)
         self._tb = None
         if tensorboard and is_main():
@@ -87,18 +89,26 @@ class MetricWriter:
     def tensorboard_enabled(self) -> bool:
         return self._tb is not None
 
-    def write(self, record: dict[str, Any], *, step: int) -> None:
-        """Append ``record`` at global ``step``; nested dicts (e.g. per-class values) stay in the JSONL only."""
+    def write(self, record: dict[str, Any], *, step: int, tag: str | None = None) -> None:
+        """Append ``record`` at global ``step``; nested dicts (e.g. per-class values) stay in the JSONL only.
+
+        TensorBoard scalars are named ``<tag>/<key>``, ``tag`` defaulting to the record's ``type``; records of one
+        type logged at the same step (e.g. evaluations with 1, 4 and 8 sampling steps) need distinct tags.
+        """
         if not is_main():
             return
         self.jsonl.write({"iteration": step, **record})
         if self._tb is None:
             return
-        prefix = str(record.get("type", "metrics"))
+        prefix = tag or str(record.get("type", "metrics"))
         for key, value in record.items():
             if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
                 value = value.item()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self._tb.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:

@@ -36,7 +36,11 @@ class LineProgress:
         disable: bool = False,
     ) -> None:
         self.iterable = iterable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.total = (
+            total
+            if total is not None
+            else (len(iterable) if hasattr(iterable, "__len__") else None)
+        )
         self.desc, self.n, self.interval, self.disable = desc, initial, interval, disable
         self.postfix: dict[str, Any] = {}
         self._start = self._last = time.monotonic()
@@ -51,7 +55,9 @@ class LineProgress:
     def __len__(self) -> int:
         return self.total or 0
 
-    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:
+    def set_postfix(
+        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any
+    ) -> None:
         self.postfix = {**(ordered_dict or {}), **kwargs}
 
     def update(self, n: int = 1) -> None:
@@ -91,6 +97,14 @@ def progress(
     disable = not is_main()
     if sys.stderr.isatty():
         return tqdm(
-            iterable, total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True, leave=leave
+            iterable,
+            total=total,
+            desc=desc,
+            initial=initial,
+            disable=disable,
+            dynamic_ncols=True,
+            leave=leave,
         )
-    return LineProgress(iterable, total=total, desc=desc, initial=initial, interval=interval, disable=disable)
+    return LineProgress(
+        iterable, total=total, desc=desc, initial=initial, interval=interval, disable=disable
+    )

@@ -24,7 +24,7 @@ from tasks.common.checkpoint import (
     latest_loadable_checkpoint,
     remove_orphan_tmp_files,
 )
-from tasks.common.dist import barrier, is_main
+from tasks.common.dist import all_gather_object, is_main
 
 __all__ = ["RUN_FILES", "RunDirError", "config_differences", "prepare_run_dir"]
 
@@ -70,6 +70,34 @@ def _clear_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _check_and_write(
+    out: Path,
+    *,
+    config: Mapping[str, Any],
+    resume: bool,
+    overwrite: bool,
+    ignore_keys: tuple[str, ...],
+) -> None:
+    remove_orphan_tmp_files(out)
+    if _holds_run(out) and not (resume or overwrite):
+        raise RunDirError(
+            f"{out} already holds a run (config.yaml or checkpoints). Pass --resume to continue it, "
+            f"--overwrite to replace it, or choose another output_dir."
+        )
+    if resume and (out / "config.yaml").is_file():
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        diff = config_differences(saved, config, ignore=ignore_keys)
+        if diff:
+            raise RunDirError(
+                f"--resume: the config of the run in {out} differs from this one:\n  "
+                + "\n  ".join(diff)
+            )
+    if overwrite:
+        _clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+
+
 def prepare_run_dir(
     output_dir: str | Path,
     *,
@@ -88,25 +116,18 @@ def prepare_run_dir(
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
     ckpt: Path | None = None
+    error = None
     if is_main():
-        remove_orphan_tmp_files(out)
-        if _holds_run(out) and not (resume or overwrite):
-            raise RunDirError(
-                f"{out} already holds a run (config.yaml or checkpoints). Pass --resume to continue it, "
-                f"--overwrite to replace it, or choose another output_dir."
+        try:
+            _check_and_write(
+                out, config=config, resume=resume, overwrite=overwrite, ignore_keys=ignore_keys
             )
-        if resume and (out / "config.yaml").is_file():
-            saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
-            diff = config_differences(saved, config, ignore=ignore_keys)
-            if diff:
-                raise RunDirError(
-                    f"--resume: the config of the run in {out} differs from this one:\n  " + "\n  ".join(diff)
-                )
-        if overwrite:
-            _clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
-    barrier()
+        except RunDirError as err:
+            error = str(err)
+    # every rank learns rank 0's verdict (a raise on rank 0 alone would leave the others waiting in a collective)
+    error = all_gather_object(error)[0]
+    if error is not None:
+        raise RunDirError(error)
     if resume:
         ckpt = latest_loadable_checkpoint(out)
         if ckpt is None:

@@ -42,7 +42,16 @@ __all__ = [
 
 AmpMode = Literal["off", "bf16", "fp16"]
 AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
-CHECKPOINT_KEYS: tuple[str, ...] = ("model", "ema", "optimizer", "scaler", "state", "rng", "config", "extra")
+CHECKPOINT_KEYS: tuple[str, ...] = (
+    "model",
+    "ema",
+    "optimizer",
+    "scaler",
+    "state",
+    "rng",
+    "config",
+    "extra",
+)
 logger = logging.getLogger("diffvision.training")
 
 
@@ -201,6 +210,8 @@ def restore_training_state(
         obj.load_state_dict(ckpt[name])
     rngs = ckpt["rng"]
     if len(rngs) != world_size:
-        logger.warning("%s holds %d ranks' RNG states, running with %d", path, len(rngs), world_size)
+        logger.warning(
+            "%s holds %d ranks' RNG states, running with %d", path, len(rngs), world_size
+        )
     set_rng_state(rngs[rank % len(rngs)])
     return TrainState(**ckpt["state"]), ckpt

@@ -80,7 +80,12 @@ def apply_deltas(
     pred_w = torch.exp(dw) * widths
     pred_h = torch.exp(dh) * heights
     return torch.stack(
-        (pred_cx - 0.5 * pred_w, pred_cy - 0.5 * pred_h, pred_cx + 0.5 * pred_w, pred_cy + 0.5 * pred_h),
+        (
+            pred_cx - 0.5 * pred_w,
+            pred_cy - 0.5 * pred_h,
+            pred_cx + 0.5 * pred_w,
+            pred_cy + 0.5 * pred_h,
+        ),
         dim=-1,
     )
 
@@ -94,7 +99,12 @@ def sanitize_xyxy(boxes: Tensor) -> Tensor:
     """
     x1, y1, x2, y2 = boxes.clamp(-COORD_LIMIT, COORD_LIMIT).unbind(-1)
     return torch.stack(
-        (torch.minimum(x1, x2), torch.minimum(y1, y2), torch.maximum(x1, x2), torch.maximum(y1, y2)),
+        (
+            torch.minimum(x1, x2),
+            torch.minimum(y1, y2),
+            torch.maximum(x1, x2),
+            torch.maximum(y1, y2),
+        ),
         dim=-1,
     )
 

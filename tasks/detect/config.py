@@ -9,9 +9,12 @@ COCO R50 recipe (official ``configs/diffdet.coco.res50.yaml``). The embedded syn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tasks.detect.synthetic import SyntheticSpec
+
+if TYPE_CHECKING:
+    from tasks.detect.box_denoising import SamplerOptions
 
 
 @dataclass
@@ -66,6 +69,26 @@ class DiffusionConfig:
     )
     use_nms: bool = True
     nms_threshold: float = 0.5
+    # "official": kept boxes first, fresh ones appended, noise for kept only (the official draw sequence)
+    renewal_order: Literal["in_place", "official"] = "in_place"
+
+    def sampler_options(self, **changes: object) -> SamplerOptions:
+        """The :class:`~tasks.detect.box_denoising.SamplerOptions` of this config (the one place that maps
+        config keys to sampler options); ``changes`` override fields, e.g. ``sampler_options(steps=4)``."""
+        from tasks.detect.box_denoising import SamplerOptions
+
+        values = dict(
+            steps=self.sample_steps,
+            eta=self.eta,
+            box_renewal=self.box_renewal,
+            renewal_threshold=self.renewal_threshold,
+            use_ensemble=self.use_ensemble,
+            ensemble_last_step=self.ensemble_last_step,
+            use_nms=self.use_nms,
+            nms_threshold=self.nms_threshold,
+            renewal_order=self.renewal_order,
+        )
+        return SamplerOptions(**{**values, **changes})
 
 
 @dataclass
@@ -95,6 +118,9 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0..255
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisibility: int = 32
+    # full-detector weights to start training from (fine-tuning): an official DiffusionDet file or one of our
+    # checkpoints / model_final.pt; another class count re-initialises the class logits (logged)
+    weights: str | None = None
 
 
 @dataclass

@@ -21,7 +21,10 @@ from tasks.detect.matcher import SimOTAMatcher
 
 
 def fed_loss_classes(
-    gt_classes: Tensor, num_fed_classes: int, num_classes: int, weight: Tensor,
+    gt_classes: Tensor,
+    num_fed_classes: int,
+    num_classes: int,
+    weight: Tensor,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Classes kept by the federated loss: the unique ``gt_classes`` (background = ``num_classes``
@@ -87,8 +90,10 @@ class SetCriterion(nn.Module):
         """Sets the (K,) federated-loss class sampling weights."""
         weights = torch.as_tensor(weights, dtype=torch.float32)
         if weights.shape != (self.num_classes,):
-            raise ValueError(f"fed_loss_cls_weights must have shape ({self.num_classes},), "
-                             f"got {tuple(weights.shape)}")
+            raise ValueError(
+                f"fed_loss_cls_weights must have shape ({self.num_classes},), "
+                f"got {tuple(weights.shape)}"
+            )
         self.fed_loss_cls_weights.copy_(weights)
         self._has_fed_weights = True
 
@@ -106,7 +111,9 @@ class SetCriterion(nn.Module):
             ``{"loss_ce", "loss_bbox", "loss_giou"}`` for the last stage plus ``*_{s}`` for earlier stages.
         """
         if self.use_fed_loss and not self._has_fed_weights:
-            raise ValueError("use_fed_loss=True needs class weights: call set_fed_loss_weights(...)")
+            raise ValueError(
+                "use_fed_loss=True needs class weights: call set_fed_loss_weights(...)"
+            )
         num_stages = pred_logits.shape[0]
         stages = range(num_stages) if self.deep_supervision else [num_stages - 1]
         losses: dict[str, Tensor] = {}
@@ -130,14 +137,19 @@ class SetCriterion(nn.Module):
             gt_boxes.append(t["boxes_xyxy"][gt_index])
             whwh.append(t["image_whwh"].expand(len(q), 4))
         batch_idx, query_idx = torch.cat(batch_idx), torch.cat(query_idx)
-        gt_labels, gt_boxes, whwh = torch.cat(gt_labels), torch.cat(gt_boxes).float(), torch.cat(whwh)
+        gt_labels, gt_boxes, whwh = (
+            torch.cat(gt_labels),
+            torch.cat(gt_boxes).float(),
+            torch.cat(whwh),
+        )
         num_matched = len(query_idx)
 
         logits = logits.float()
         onehot = torch.zeros_like(logits)
         onehot[batch_idx, query_idx, gt_labels] = 1.0
-        cls_loss = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma,
-                                      reduction="none")
+        cls_loss = sigmoid_focal_loss(
+            logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none"
+        )
         if self.use_fed_loss:
             cls_loss = cls_loss * self._fed_mask(batch_idx, query_idx, gt_labels, logits.shape)
         loss_ce = cls_loss.sum() / max(num_matched, 1)
@@ -150,14 +162,16 @@ class SetCriterion(nn.Module):
         loss_giou = (1.0 - elementwise_giou(src, gt_boxes)).sum() / num_matched
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
-    def _fed_mask(self, batch_idx: Tensor, query_idx: Tensor, gt_labels: Tensor,
-                  shape: torch.Size) -> Tensor:
+    def _fed_mask(
+        self, batch_idx: Tensor, query_idx: Tensor, gt_labels: Tensor, shape: torch.Size
+    ) -> Tensor:
         """(1, 1, K) mask of the federated-loss classes for this batch."""
         k = self.num_classes
         gt_classes = torch.full(shape[:2], k, dtype=torch.long, device=gt_labels.device)
         gt_classes[batch_idx, query_idx] = gt_labels
-        keep = fed_loss_classes(gt_classes.flatten(), self.fed_loss_num_classes, k,
-                                self.fed_loss_cls_weights)
+        keep = fed_loss_classes(
+            gt_classes.flatten(), self.fed_loss_num_classes, k, self.fed_loss_cls_weights
+        )
         mask = torch.zeros(k + 1, device=gt_labels.device)
         mask[keep] = 1.0
         return mask[:k].view(1, 1, k)

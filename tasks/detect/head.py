@@ -40,10 +40,14 @@ class DynamicConv(nn.Module):
     -> ``out_layer`` -> LN -> ReLU -> (R, d).
     """
 
-    def __init__(self, *, hidden_dim: int, dim_dynamic: int, num_dynamic: int, pooler_resolution: int):
+    def __init__(
+        self, *, hidden_dim: int, dim_dynamic: int, num_dynamic: int, pooler_resolution: int
+    ):
         super().__init__()
         if num_dynamic != 2:
-            raise ValueError(f"DynamicConv uses exactly 2 dynamic layers, got num_dynamic={num_dynamic}")
+            raise ValueError(
+                f"DynamicConv uses exactly 2 dynamic layers, got num_dynamic={num_dynamic}"
+            )
         self.hidden_dim, self.dim_dynamic = hidden_dim, dim_dynamic
         self.num_params = hidden_dim * dim_dynamic
         self.dynamic_layer = nn.Linear(hidden_dim, num_dynamic * self.num_params)
@@ -91,8 +95,12 @@ class RCNNHead(nn.Module):
         d = hidden_dim
         self.hidden_dim = d
         self.self_attn = nn.MultiheadAttention(d, num_attn_heads, dropout=dropout, batch_first=True)
-        self.inst_interact = DynamicConv(hidden_dim=d, dim_dynamic=dim_dynamic, num_dynamic=num_dynamic,
-                                         pooler_resolution=pooler_resolution)
+        self.inst_interact = DynamicConv(
+            hidden_dim=d,
+            dim_dynamic=dim_dynamic,
+            num_dynamic=num_dynamic,
+            pooler_resolution=pooler_resolution,
+        )
         self.linear1 = nn.Linear(d, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
@@ -105,7 +113,11 @@ class RCNNHead(nn.Module):
         self.bboxes_delta = nn.Linear(d, 4)
 
     def forward(
-        self, roi_features: Tensor, boxes_xyxy: Tensor, pro_features: Tensor | None, time_emb: Tensor
+        self,
+        roi_features: Tensor,
+        boxes_xyxy: Tensor,
+        pro_features: Tensor | None,
+        time_emb: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Runs one stage.
 
@@ -178,18 +190,29 @@ class DynamicHead(nn.Module):
         if num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {num_stages}")
         self.num_classes, self.hidden_dim = num_classes, hidden_dim
-        self.box_pooler = RoIPooler(output_size=pooler_resolution, strides=tuple(feature_strides),
-                                    sampling_ratio=pooler_sampling_ratio)
+        self.box_pooler = RoIPooler(
+            output_size=pooler_resolution,
+            strides=tuple(feature_strides),
+            sampling_ratio=pooler_sampling_ratio,
+        )
         stage_kwargs = dict(
-            num_classes=num_classes, hidden_dim=hidden_dim, num_attn_heads=num_attn_heads,
-            dim_feedforward=dim_feedforward, dim_dynamic=dim_dynamic, num_dynamic=num_dynamic,
-            num_cls_layers=num_cls_layers, num_reg_layers=num_reg_layers,
-            pooler_resolution=pooler_resolution, dropout=dropout,
+            num_classes=num_classes,
+            hidden_dim=hidden_dim,
+            num_attn_heads=num_attn_heads,
+            dim_feedforward=dim_feedforward,
+            dim_dynamic=dim_dynamic,
+            num_dynamic=num_dynamic,
+            num_cls_layers=num_cls_layers,
+            num_reg_layers=num_reg_layers,
+            pooler_resolution=pooler_resolution,
+            dropout=dropout,
         )
         self.head_series = nn.ModuleList(RCNNHead(**stage_kwargs) for _ in range(num_stages))
         time_dim = 4 * hidden_dim
         self.time_mlp = nn.Sequential(
-            SinusoidalTimeEmbedding(hidden_dim), nn.Linear(hidden_dim, time_dim), nn.GELU(),
+            SinusoidalTimeEmbedding(hidden_dim),
+            nn.Linear(hidden_dim, time_dim),
+            nn.GELU(),
             nn.Linear(time_dim, time_dim),
         )
         self.prior_prob = prior_prob
@@ -208,7 +231,9 @@ class DynamicHead(nn.Module):
         for stage in self.head_series:
             nn.init.constant_(stage.class_logits.bias, bias_value)
 
-    def forward(self, features: list[Tensor], boxes_xyxy: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, features: list[Tensor], boxes_xyxy: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Runs all stages.
 
         Args:

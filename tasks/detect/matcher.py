@@ -112,7 +112,12 @@ class SimOTAMatcher:
 
     @torch.no_grad()
     def match_image(
-        self, logits: Tensor, pred_xyxy: Tensor, gt_labels: Tensor, gt_xyxy: Tensor, image_whwh: Tensor
+        self,
+        logits: Tensor,
+        pred_xyxy: Tensor,
+        gt_labels: Tensor,
+        gt_xyxy: Tensor,
+        image_whwh: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Matches one image.
 
@@ -125,12 +130,16 @@ class SimOTAMatcher:
         """
         n = logits.shape[0]
         if gt_labels.numel() == 0:
-            return (torch.zeros(n, dtype=torch.bool, device=logits.device),
-                    torch.zeros(0, dtype=torch.long, device=logits.device))
+            return (
+                torch.zeros(n, dtype=torch.bool, device=logits.device),
+                torch.zeros(0, dtype=torch.long, device=logits.device),
+            )
         logits, pred_xyxy, gt_xyxy = logits.float(), pred_xyxy.float(), gt_xyxy.float()
         fg_mask, in_box_and_center = center_prior(pred_xyxy, gt_xyxy)
         ious, gious = pairwise_iou_giou(pred_xyxy, gt_xyxy)
-        cost_class = focal_class_cost(logits.sigmoid(), gt_labels, self.focal_alpha, self.focal_gamma)
+        cost_class = focal_class_cost(
+            logits.sigmoid(), gt_labels, self.focal_alpha, self.focal_gamma
+        )
         cost_bbox = torch.cdist(pred_xyxy / image_whwh, gt_xyxy / image_whwh, p=1)
         cost = (
             self.cost_bbox * cost_bbox

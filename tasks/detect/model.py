@@ -5,8 +5,8 @@ Contract used by ``train.py`` / ``evaluate.py``:
 - train mode: ``model(images, targets)`` -> dict of *weighted* scalar losses (sum = total loss), with
   ``images`` a list of (3, H, W) float RGB tensors in 0..255 and ``targets`` a list of dicts with
   ``boxes_xyxy`` (M, 4) absolute pixels of that image and ``labels`` (M,) int64 in 0..K-1;
-- ``model.inference(images, steps=..., num_boxes=..., ...)`` -> per image ``boxes_xyxy`` (D, 4) in that
-  image's pixels (or ``output_sizes``), ``scores`` (D,), ``labels`` (D,), sorted by score;
+- ``model.inference(images, opts=SamplerOptions(...), num_boxes=..., ...)`` -> per image ``boxes_xyxy``
+  (D, 4) in that image's pixels (or ``output_sizes``), ``scores`` (D,), ``labels`` (D,), sorted by score;
 - eval mode: ``model(images)`` = ``model.inference(images)`` with the configured defaults.
 
 :func:`build_detector` is the only function that reads a config.
@@ -14,7 +14,6 @@ Contract used by ``train.py`` / ``evaluate.py``:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -23,20 +22,19 @@ from torch import Tensor, nn
 
 from backbones import build_fpn_backbone
 from backbones.base import spec_by_name
-from diffusion_core import NoiseSchedule, q_sample
+from diffusion_core import Generators, NoiseSchedule, q_sample, randn
 from tasks.detect.box_codec import diffusion_to_xyxy, encode, xyxy_to_cxcywh
-from tasks.detect.criterion import SetCriterion
-from tasks.detect.head import DynamicHead
-from tasks.detect.matcher import SimOTAMatcher
-from tasks.detect.sampler import (
-    Generator,
+from tasks.detect.box_denoising import (
     SamplerOptions,
-    StepResult,
-    ddim_sample,
-    draw_normal,
+    StepPredictions,
+    denoise_boxes,
     postprocess,
     select_detections,
 )
+from tasks.detect.config import DetectConfig, ModelConfig
+from tasks.detect.criterion import SetCriterion
+from tasks.detect.head import DynamicHead
+from tasks.detect.matcher import SimOTAMatcher
 
 
 class DiffusionDet(nn.Module):
@@ -52,7 +50,7 @@ class DiffusionDet(nn.Module):
         scale: signal scale of the box codec (2.0).
         pixel_mean, pixel_std: RGB normalisation in 0..255.
         size_divisibility: pad the batch to a multiple of this.
-        sampler: default inference options.
+        sampler_options: default inference options (``inference(opts=None)``).
     """
 
     def __init__(
@@ -68,7 +66,7 @@ class DiffusionDet(nn.Module):
         pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         size_divisibility: int = 32,
-        sampler: SamplerOptions | None = None,
+        sampler_options: SamplerOptions | None = None,
     ) -> None:
         super().__init__()
         self.backbone, self.head, self.criterion = backbone, head, criterion
@@ -76,7 +74,7 @@ class DiffusionDet(nn.Module):
         self.schedule = schedule
         self.num_proposals, self.scale = num_proposals, scale
         self.size_divisibility = size_divisibility
-        self.sampler = sampler or SamplerOptions()
+        self.sampler_options = sampler_options or SamplerOptions()
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
@@ -93,15 +91,24 @@ class DiffusionDet(nn.Module):
             raise ValueError("got an empty list of images")
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"image {i} must be a (3, H, W) tensor, got shape {tuple(img.shape)}")
-        normed = [(img.to(self.pixel_mean.device).float() - self.pixel_mean) / self.pixel_std
-                  for img in images]
+                raise ValueError(
+                    f"image {i} must be a (3, H, W) tensor, got shape {tuple(img.shape)}"
+                )
+        normed = [
+            (img.to(self.pixel_mean.device).float() - self.pixel_mean) / self.pixel_std
+            for img in images
+        ]
         div = max(self.size_divisibility, 1)
         max_h = -(-max(x.shape[1] for x in normed) // div) * div
         max_w = -(-max(x.shape[2] for x in normed) // div) * div
-        batch = torch.stack([F.pad(x, (0, max_w - x.shape[2], 0, max_h - x.shape[1])) for x in normed])
-        whwh = torch.tensor([[x.shape[2], x.shape[1], x.shape[2], x.shape[1]] for x in normed],
-                            dtype=torch.float32, device=batch.device)
+        batch = torch.stack(
+            [F.pad(x, (0, max_w - x.shape[2], 0, max_h - x.shape[1])) for x in normed]
+        )
+        whwh = torch.tensor(
+            [[x.shape[2], x.shape[1], x.shape[2], x.shape[1]] for x in normed],
+            dtype=torch.float32,
+            device=batch.device,
+        )
         return batch, whwh
 
     def extract_features(self, batch: Tensor) -> list[Tensor]:
@@ -135,19 +142,29 @@ class DiffusionDet(nn.Module):
         logits, pred_boxes = self.head(features, boxes, t)
         return self.criterion(logits, pred_boxes, prepared)
 
-    def _prepare_target(self, target: dict[str, Tensor], whwh: Tensor, index: int) -> dict[str, Tensor]:
+    def _prepare_target(
+        self, target: dict[str, Tensor], whwh: Tensor, index: int
+    ) -> dict[str, Tensor]:
         boxes = torch.as_tensor(target["boxes_xyxy"], dtype=torch.float32, device=whwh.device)
         labels = torch.as_tensor(target["labels"], dtype=torch.long, device=whwh.device)
         if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
-            raise ValueError(f"target {index}: boxes_xyxy must be (M, 4) and labels (M,), got "
-                             f"{tuple(boxes.shape)} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"target {index}: boxes_xyxy must be (M, 4) and labels (M,), got "
+                f"{tuple(boxes.shape)} and {tuple(labels.shape)}"
+            )
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"target {index}: labels must be in [0, {self.num_classes}), got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+            raise ValueError(
+                f"target {index}: labels must be in [0, {self.num_classes}), got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
         if not torch.isfinite(boxes).all():
             raise ValueError(f"target {index}: boxes_xyxy contains non-finite values")
-        return {"labels": labels, "boxes_xyxy": boxes, "image_whwh": whwh,
-                "boxes_cxcywh_norm": xyxy_to_cxcywh(boxes / whwh)}
+        return {
+            "labels": labels,
+            "boxes_xyxy": boxes,
+            "image_whwh": whwh,
+            "boxes_cxcywh_norm": xyxy_to_cxcywh(boxes / whwh),
+        }
 
     def _pad_to_proposals(self, gt_cxcywh: Tensor) -> Tensor:
         """x0 (N, 4) in diffusion space: the GT boxes, padded with N(0.5, 1/6) boxes (w, h >= 1e-4),
@@ -172,68 +189,102 @@ class DiffusionDet(nn.Module):
         self,
         images: Sequence[Tensor],
         *,
-        steps: int | None = None,
+        opts: SamplerOptions | None = None,
         num_boxes: int | None = None,
-        eta: float | None = None,
-        renewal_threshold: float | None = None,
-        box_renewal: bool | None = None,
-        use_ensemble: bool | None = None,
-        ensemble_last_step: bool | None = None,
-        use_nms: bool | None = None,
-        nms_threshold: float | None = None,
         x_T: Tensor | None = None,
-        generator: Generator = None,
+        generator: Generators = None,
         output_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[dict[str, Tensor]]:
         """Detects objects by denoising random boxes.
 
         Args:
             images: list of (3, H, W) float RGB 0..255 tensors.
-            steps, eta, renewal_threshold, box_renewal, use_ensemble, ensemble_last_step, use_nms,
-                nms_threshold: override the configured sampler options (None = default).
-            num_boxes: N at inference (default: training N); ignored when ``x_T`` is given.
+            opts: sampler options (None = ``self.sampler_options``, the configured ones); change one field with
+                ``dataclasses.replace(model.sampler_options, steps=4)``.
+            num_boxes: N at inference (default: training N); must agree with ``x_T`` when both are given.
             x_T: (B, N, 4) initial noise in diffusion space, for reproducible results.
-            generator: torch.Generator, or one per image (see ``sampler.draw_normal``).
+            generator: torch.Generator, or one per image (see ``diffusion_core.randn``).
             output_sizes: per image (height, width) to map boxes to (default: the input size).
 
         Returns:
             Per image ``{"boxes_xyxy": (D, 4), "scores": (D,), "labels": (D,)}``, sorted by score.
+
+        Raises:
+            ValueError: bad ``num_boxes`` / ``x_T`` / ``output_sizes``.
+            FloatingPointError: the network produced non-finite scores or boxes (NaN weights or inputs),
+                naming the images.
         """
-        overrides = dict(steps=steps, eta=eta, renewal_threshold=renewal_threshold,
-                         box_renewal=box_renewal, use_ensemble=use_ensemble,
-                         ensemble_last_step=ensemble_last_step, use_nms=use_nms,
-                         nms_threshold=nms_threshold)
-        opts = dataclasses.replace(self.sampler, **{k: v for k, v in overrides.items() if v is not None})
+        opts = opts or self.sampler_options
+        if num_boxes is not None and (
+            isinstance(num_boxes, bool) or not isinstance(num_boxes, int) or num_boxes < 1
+        ):
+            raise ValueError(f"num_boxes must be an integer >= 1, got {num_boxes!r}")
+        if output_sizes is not None and len(output_sizes) != len(images):
+            raise ValueError(f"got {len(output_sizes)} output_sizes for {len(images)} images")
         batch, whwh = self.preprocess(images)
         features = self.extract_features(batch)
         b = len(images)
         if x_T is None:
-            x_T = draw_normal((b, num_boxes or self.num_proposals, 4), generator, batch.device)
-        elif x_T.dim() != 3 or x_T.shape[0] != b or x_T.shape[2] != 4:
-            raise ValueError(f"x_T must have shape ({b}, N, 4), got {tuple(x_T.shape)}")
+            x_T = randn(
+                (b, num_boxes or self.num_proposals, 4), generator=generator, device=batch.device
+            )
+        elif x_T.dim() != 3 or x_T.shape[0] != b or x_T.shape[2] != 4 or x_T.shape[1] < 1:
+            raise ValueError(f"x_T must have shape ({b}, N, 4) with N >= 1, got {tuple(x_T.shape)}")
+        elif num_boxes is not None and x_T.shape[1] != num_boxes:
+            raise ValueError(
+                f"num_boxes={num_boxes} disagrees with x_T of shape {tuple(x_T.shape)}"
+            )
         results = self.sample(features, whwh, x_T.to(batch.device), opts, generator)
+        _check_finite(results[-1])
         detections = select_detections(results, x_T.shape[1], opts)
         out_sizes = output_sizes or [(img.shape[1], img.shape[2]) for img in images]
-        return [postprocess(d, (img.shape[1], img.shape[2]), tuple(size))
-                for d, img, size in zip(detections, images, out_sizes)]
+        return [
+            postprocess(d, (img.shape[1], img.shape[2]), tuple(size))
+            for d, img, size in zip(detections, images, out_sizes)
+        ]
 
     def sample(
-        self, features: list[Tensor], whwh: Tensor, x_T: Tensor, opts: SamplerOptions,
-        generator: Generator = None,
-    ) -> list[StepResult]:
-        """DDIM loop on precomputed features; returns each step's last-stage predictions."""
+        self,
+        features: list[Tensor],
+        whwh: Tensor,
+        x_T: Tensor,
+        opts: SamplerOptions,
+        generator: Generators = None,
+    ) -> list[StepPredictions]:
+        """Box denoising on precomputed features; returns each step's last-stage predictions."""
 
         def denoise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             logits, boxes = self.head(features, diffusion_to_xyxy(x, whwh, self.scale), t)
             return logits[-1], boxes[-1]
 
-        return ddim_sample(denoise, self._schedule(x_T.device), x_T, whwh, scale=self.scale,
-                           opts=opts, generator=generator)
+        return denoise_boxes(
+            denoise,
+            self._schedule(x_T.device),
+            x_T,
+            whwh,
+            scale=self.scale,
+            opts=opts,
+            generator=generator,
+        )
 
 
-def build_detector(cfg: object) -> DiffusionDet:
+def _check_finite(step: StepPredictions) -> None:
+    """Non-finite scores would silently give zero detections (NaN never beats a threshold): refuse them."""
+    bad = ~(
+        torch.isfinite(step.logits).flatten(1).all(1)
+        & torch.isfinite(step.boxes_xyxy).flatten(1).all(1)
+    )
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"the detector produced non-finite scores or boxes for image(s) {bad.nonzero()[:, 0].tolist()} of the "
+            "batch: the weights or the input image hold NaN/Inf (DiffusionDetector checks images up front; "
+            "load_detector_weights refuses non-finite weights)"
+        )
+
+
+def build_detector(cfg: DetectConfig | ModelConfig) -> DiffusionDet:
     """Builds a :class:`DiffusionDet` from a ``DetectConfig`` or its ``ModelConfig`` (``cfg.model``)."""
-    mcfg = getattr(cfg, "model", cfg)
+    mcfg = cfg.model if isinstance(cfg, DetectConfig) else cfg
     bcfg, hcfg, dcfg, lcfg = mcfg.backbone, mcfg.head, mcfg.diffusion, mcfg.loss
     backbone_kwargs: dict = dict(pretrained=bcfg.pretrained, weights=bcfg.weights)
     if bcfg.name == "swin_b":
@@ -242,36 +293,57 @@ def build_detector(cfg: object) -> DiffusionDet:
         backbone_kwargs.update(norm=bcfg.norm, freeze_at=bcfg.freeze_at, width=bcfg.width)
     backbone = build_fpn_backbone(bcfg.name, fpn_channels=bcfg.fpn_channels, **backbone_kwargs)
     if bcfg.fpn_channels != hcfg.hidden_dim:
-        raise ValueError(f"model.backbone.fpn_channels ({bcfg.fpn_channels}) must equal "
-                         f"model.head.hidden_dim ({hcfg.hidden_dim}): the head pools FPN features")
+        raise ValueError(
+            f"model.backbone.fpn_channels ({bcfg.fpn_channels}) must equal "
+            f"model.head.hidden_dim ({hcfg.hidden_dim}): the head pools FPN features"
+        )
     strides = tuple(spec_by_name(backbone.feature_specs, f).stride for f in hcfg.in_features)
     head = DynamicHead(
-        num_classes=hcfg.num_classes, feature_strides=strides, num_stages=hcfg.num_stages,
-        hidden_dim=hcfg.hidden_dim, num_attn_heads=hcfg.num_attn_heads,
-        dim_feedforward=hcfg.dim_feedforward, dim_dynamic=hcfg.dim_dynamic,
-        num_dynamic=hcfg.num_dynamic, num_cls_layers=hcfg.num_cls_layers,
-        num_reg_layers=hcfg.num_reg_layers, pooler_resolution=hcfg.pooler_resolution,
-        pooler_sampling_ratio=hcfg.pooler_sampling_ratio, prior_prob=hcfg.prior_prob,
+        num_classes=hcfg.num_classes,
+        feature_strides=strides,
+        num_stages=hcfg.num_stages,
+        hidden_dim=hcfg.hidden_dim,
+        num_attn_heads=hcfg.num_attn_heads,
+        dim_feedforward=hcfg.dim_feedforward,
+        dim_dynamic=hcfg.dim_dynamic,
+        num_dynamic=hcfg.num_dynamic,
+        num_cls_layers=hcfg.num_cls_layers,
+        num_reg_layers=hcfg.num_reg_layers,
+        pooler_resolution=hcfg.pooler_resolution,
+        pooler_sampling_ratio=hcfg.pooler_sampling_ratio,
+        prior_prob=hcfg.prior_prob,
         dropout=hcfg.dropout,
     )
-    matcher = SimOTAMatcher(cost_class=lcfg.class_weight, cost_bbox=lcfg.l1_weight,
-                            cost_giou=lcfg.giou_weight, ota_k=lcfg.ota_k,
-                            focal_alpha=lcfg.focal_alpha, focal_gamma=lcfg.focal_gamma)
-    criterion = SetCriterion(
-        num_classes=hcfg.num_classes, matcher=matcher, class_weight=lcfg.class_weight,
-        l1_weight=lcfg.l1_weight, giou_weight=lcfg.giou_weight, focal_alpha=lcfg.focal_alpha,
-        focal_gamma=lcfg.focal_gamma, deep_supervision=lcfg.deep_supervision,
-        use_fed_loss=lcfg.use_fed_loss, fed_loss_num_classes=lcfg.fed_loss_num_classes,
+    matcher = SimOTAMatcher(
+        cost_class=lcfg.class_weight,
+        cost_bbox=lcfg.l1_weight,
+        cost_giou=lcfg.giou_weight,
+        ota_k=lcfg.ota_k,
+        focal_alpha=lcfg.focal_alpha,
+        focal_gamma=lcfg.focal_gamma,
     )
-    sampler = SamplerOptions(
-        steps=dcfg.sample_steps, eta=dcfg.eta, box_renewal=dcfg.box_renewal,
-        renewal_threshold=dcfg.renewal_threshold, use_ensemble=dcfg.use_ensemble,
-        ensemble_last_step=dcfg.ensemble_last_step, use_nms=dcfg.use_nms,
-        nms_threshold=dcfg.nms_threshold,
+    criterion = SetCriterion(
+        num_classes=hcfg.num_classes,
+        matcher=matcher,
+        class_weight=lcfg.class_weight,
+        l1_weight=lcfg.l1_weight,
+        giou_weight=lcfg.giou_weight,
+        focal_alpha=lcfg.focal_alpha,
+        focal_gamma=lcfg.focal_gamma,
+        deep_supervision=lcfg.deep_supervision,
+        use_fed_loss=lcfg.use_fed_loss,
+        fed_loss_num_classes=lcfg.fed_loss_num_classes,
     )
     return DiffusionDet(
-        backbone=backbone, head=head, criterion=criterion, in_features=hcfg.in_features,
+        backbone=backbone,
+        head=head,
+        criterion=criterion,
+        in_features=hcfg.in_features,
         schedule=NoiseSchedule.from_name(dcfg.schedule, dcfg.num_timesteps),
-        num_proposals=hcfg.num_proposals, scale=dcfg.scale, pixel_mean=mcfg.pixel_mean,
-        pixel_std=mcfg.pixel_std, size_divisibility=mcfg.size_divisibility, sampler=sampler,
+        num_proposals=hcfg.num_proposals,
+        scale=dcfg.scale,
+        pixel_mean=mcfg.pixel_mean,
+        pixel_std=mcfg.pixel_std,
+        size_divisibility=mcfg.size_divisibility,
+        sampler_options=dcfg.sampler_options(),
     )

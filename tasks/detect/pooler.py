@@ -32,7 +32,12 @@ def _axis_samples(coord: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Ten
 
 
 def roi_align_gather(
-    features: Tensor, rois: Tensor, *, output_size: int, spatial_scale: float, sampling_ratio: int,
+    features: Tensor,
+    rois: Tensor,
+    *,
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int,
     aligned: bool = True,
 ) -> Tensor:
     """``torchvision.ops.roi_align`` for a fixed ``sampling_ratio > 0``, written with gathers.
@@ -63,8 +68,10 @@ def roi_align_gather(
     rows = torch.stack((y_lo, y_hi), -1) * w + (rois[:, 0].to(torch.int64) * h * w)[:, None, None]
     cols = torch.stack((x_lo, x_hi), -1)
     index = rows[:, :, None, :, None] + cols[:, None, :, None, :]  # (R, Sy, Sx, 2, 2)
-    weight = (torch.stack((wy_lo, wy_hi), -1)[:, :, None, :, None]
-              * torch.stack((wx_lo, wx_hi), -1)[:, None, :, None, :])
+    weight = (
+        torch.stack((wy_lo, wy_hi), -1)[:, :, None, :, None]
+        * torch.stack((wx_lo, wx_hi), -1)[:, None, :, None, :]
+    )
     flat = features.permute(0, 2, 3, 1).reshape(b * h * w, c)
     values = flat.index_select(0, index.reshape(-1)).view(*index.shape, c)
     samples = (values * weight.unsqueeze(-1)).sum((3, 4))  # (R, Sy, Sx, C)
@@ -73,12 +80,17 @@ def roi_align_gather(
 
 
 def assign_levels(
-    boxes_xyxy: Tensor, min_level: int, max_level: int,
-    canonical_box_size: float = 224.0, canonical_level: int = 4,
+    boxes_xyxy: Tensor,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
 ) -> Tensor:
     """FPN level index (0 = ``min_level``) of each box (R, 4): ``floor(canonical_level +
     log2(sqrt(area) / canonical_box_size + 1e-8))`` clamped to ``[min_level, max_level]``."""
-    area = ((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])).clamp(min=0)
+    area = ((boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])).clamp(
+        min=0
+    )
     levels = torch.floor(canonical_level + torch.log2(area.sqrt() / canonical_box_size + 1e-8))
     return levels.clamp(min=min_level, max=max_level).to(torch.int64) - min_level
 
@@ -95,7 +107,11 @@ class RoIPooler(nn.Module):
     """
 
     def __init__(
-        self, *, output_size: int, strides: tuple[int, ...], sampling_ratio: int = 2,
+        self,
+        *,
+        output_size: int,
+        strides: tuple[int, ...],
+        sampling_ratio: int = 2,
         impl: str = "auto",
     ) -> None:
         super().__init__()
@@ -103,7 +119,9 @@ class RoIPooler(nn.Module):
             raise ValueError(f"impl must be 'auto', 'torchvision' or 'gather', got {impl!r}")
         self.impl = impl
         levels = [math.log2(s) for s in strides]
-        if any(lv != int(lv) for lv in levels) or any(b - a != 1 for a, b in zip(levels, levels[1:])):
+        if any(lv != int(lv) for lv in levels) or any(
+            b - a != 1 for a, b in zip(levels, levels[1:])
+        ):
             raise ValueError(f"pooler strides must be consecutive powers of two, got {strides}")
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
@@ -133,7 +151,10 @@ class RoIPooler(nn.Module):
 
     def _kernel(self, feature: Tensor):  # noqa: ANN202
         use_gather = self.impl == "gather" or (
-            self.impl == "auto" and feature.device.type == "cpu" and feature.requires_grad
-            and torch.is_grad_enabled() and self.sampling_ratio > 0
+            self.impl == "auto"
+            and feature.device.type == "cpu"
+            and feature.requires_grad
+            and torch.is_grad_enabled()
+            and self.sampling_ratio > 0
         )
         return roi_align_gather if use_gather else tv_roi_align

@@ -5,13 +5,21 @@ Example::
     from tasks.detect import DiffusionDetector
 
     detector = DiffusionDetector.from_config("configs/detect/diffdet_coco_r50.yaml",
-                                             weights="model_final.pt", device="cuda")
-    out = detector.predict(["street.jpg"], steps=4)[0]
+                                             weights="diffdet_coco_res50.pth", device="cuda")
+    out = detector.predict(["street.jpg"], opts=detector.options(steps=4))[0]
     out["boxes"], out["scores"], out["labels"]   # xyxy in the input image's pixels
+
+Weights are checked when the detector is built (NaN/Inf tensors raise ``FloatingPointError`` naming them; the
+loader refuses such files too). Inputs are checked up front; each bad input raises :class:`ImageInputError` (a ``ValueError``) naming the image:
+an empty image (0 px on a side), a non-finite pixel, a floating-point image whose values lie in [0, 1] (the
+detector expects 0..255: multiply by 255 or pass uint8), values outside [0, 255], a wrong layout. Extremely thin
+images (e.g. 600x2) are resized like any other (the short side to ``min_size``, the long side capped at
+``max_size``, never below 1 px) and padded to the backbone's stride, so they run and return what they find.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,39 +28,76 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
+from diffusion_core import Generators
+from tasks.detect.box_denoising import SamplerOptions
 from tasks.detect.model import DiffusionDet, build_detector
-from tasks.detect.sampler import Generator
+from tasks.detect.transforms import resized_shape
 
 logger = logging.getLogger(__name__)
 
 ImageInput = str | Path | np.ndarray | Tensor
 
 
-def resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ``ResizeShortestEdge`` target size: short side ``short``, long side <= ``max_size``."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+class ImageInputError(ValueError):
+    """An input image the detector cannot use; the message names the image and the problem."""
 
 
-def load_image(image: ImageInput) -> Tensor:
-    """Returns a (3, H, W) float RGB 0..255 tensor from a path, an HWC uint8 RGB array or a CHW tensor."""
+def _check_pixels(image: Tensor, name: str, floating: bool) -> None:
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ImageInputError(f"{name} is empty ({image.shape[1]}x{image.shape[2]} px)")
+    if floating and not bool(torch.isfinite(image).all()):
+        raise ImageInputError(f"{name} holds NaN or Inf pixel values")
+    low, high = (float(v) for v in torch.aminmax(image.float()))
+    if low < 0 or high > 255:
+        raise ImageInputError(
+            f"{name} has values in [{low:g}, {high:g}]; the detector expects RGB in 0..255"
+        )
+    if floating and 0 < high <= 1.0:
+        raise ImageInputError(
+            f"{name} is floating point with values in [{low:g}, {high:g}]: it looks like a [0, 1] image, but the "
+            "detector expects 0..255 (multiply by 255, or pass a uint8 array)"
+        )
+
+
+def load_image(image: ImageInput, *, name: str = "image") -> Tensor:
+    """Returns a (3, H, W) float RGB 0..255 tensor from a path (EXIF orientation applied), an HWC RGB array
+    (uint8, or float in 0..255) or a (3, H, W) tensor (0..255).
+
+    Raises:
+        ImageInputError: on an unreadable file or a bad image (see the module docstring), naming ``name``.
+    """
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            image = np.asarray(im.convert("RGB"))
+        name = f"{name} ({str(image)!r})"
+        try:
+            with Image.open(image) as im:
+                image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except OSError as exc:
+            raise ImageInputError(f"{name} cannot be read: {exc}") from exc
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"numpy images must be HWC RGB, got shape {image.shape}")
-        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float()
-    if isinstance(image, Tensor):
+            raise ImageInputError(f"{name}: numpy images must be HWC RGB, got shape {image.shape}")
+        if not (
+            np.issubdtype(image.dtype, np.number)
+            and not np.issubdtype(image.dtype, np.complexfloating)
+        ):
+            raise ImageInputError(f"{name}: unsupported array dtype {image.dtype}")
+        floating = bool(np.issubdtype(image.dtype, np.floating))
+        tensor = torch.from_numpy(np.array(image, dtype=np.float32, copy=True)).permute(2, 0, 1)
+    elif isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"tensor images must be (3, H, W), got shape {tuple(image.shape)}")
-        return image.float()
-    raise ValueError(f"unsupported image type {type(image).__name__}; give a path, HWC array or CHW tensor")
+            raise ImageInputError(
+                f"{name}: tensor images must be (3, H, W), got shape {tuple(image.shape)}"
+            )
+        floating, tensor = image.is_floating_point(), image
+    else:
+        raise ImageInputError(
+            f"{name}: unsupported type {type(image).__name__}; give a path, HWC array or CHW tensor"
+        )
+    _check_pixels(tensor, name, floating)
+    return tensor.float()
 
 
 def resize_image(image: Tensor, hw: tuple[int, int]) -> Tensor:
@@ -67,14 +112,18 @@ def resize_image(image: Tensor, hw: tuple[int, int]) -> Tensor:
     return F.interpolate(image[None], size=hw, mode="bilinear", align_corners=False)[0]
 
 
-def _state_dict_from(obj: Any, path: str) -> dict[str, Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("ema"), dict):
-        return obj["ema"]
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        return obj["model"]
-    if isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
-        return obj
-    raise ValueError(f"weights file {path!r}: expected a state dict or a checkpoint with 'model'/'ema'")
+def _check_finite_weights(model: torch.nn.Module) -> None:
+    """NaN/Inf weights give zero detections silently (NaN never beats a threshold): refuse them by name."""
+    bad = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise FloatingPointError(
+            f"the detector's weights hold NaN/Inf in {len(bad)} tensors: {shown}"
+        )
 
 
 class DiffusionDetector:
@@ -84,72 +133,149 @@ class DiffusionDetector:
         model: the detector (put in eval mode).
         min_size, max_size: test resize (short side, max long side).
         device: where the model runs.
+        class_names: optional names of the contiguous labels (from the checkpoint's label map).
     """
 
-    def __init__(self, model: DiffusionDet, *, min_size: int = 800, max_size: int = 1333,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: DiffusionDet,
+        *,
+        min_size: int = 800,
+        max_size: int = 1333,
+        device: str | torch.device = "cpu",
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        _check_finite_weights(model)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.min_size, self.max_size = min_size, max_size
+        self.class_names = list(class_names) if class_names is not None else None
 
     @classmethod
     def from_config(
-        cls, config_path: str | Path, weights: str | Path | None = None,
-        device: str | torch.device = "cpu", overrides: Sequence[str] = (),
+        cls,
+        config_path: str | Path,
+        weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        overrides: Sequence[str] = (),
+        *,
+        allow_class_change: bool = False,
     ) -> DiffusionDetector:
-        """Builds the detector of a ``configs/detect/*.yaml`` file and loads ``weights`` (a state dict
-        or a training checkpoint; the EMA weights are used when present)."""
+        """Builds the detector of a ``configs/detect/*.yaml`` file and loads ``weights`` with
+        :func:`tasks.detect.weights.load_detector_weights`: an official DiffusionDet model-zoo file as it is
+        (``.pth``, or a detectron2 ``.pkl``), our training checkpoint (EMA weights when present) or a state dict."""
         from tasks.common.config import load_config
         from tasks.detect.config import DetectConfig
+        from tasks.detect.weights import load_detector_weights
 
         cfg = load_config(DetectConfig, config_path, overrides)
         if weights is not None:
             cfg.model.backbone.pretrained = False  # the checkpoint holds the backbone too
             cfg.model.backbone.weights = None
         model = build_detector(cfg)
+        names = None
         if weights is not None:
-            obj = torch.load(str(weights), map_location="cpu", weights_only=True)
-            model.load_state_dict(_state_dict_from(obj, str(weights)))
+            loaded = load_detector_weights(model, weights, allow_class_change=allow_class_change)
+            names = loaded.class_names
         else:
             logger.warning("DiffusionDetector built without weights: the head is untrained")
-        return cls(model, min_size=cfg.data.min_size_test, max_size=cfg.data.max_size_test,
-                   device=device)
+        return cls(
+            model,
+            min_size=cfg.data.min_size_test,
+            max_size=cfg.data.max_size_test,
+            device=device,
+            class_names=names,
+        )
+
+    def options(self, **changes: Any) -> SamplerOptions:
+        """The model's configured sampler options with ``changes``, e.g. ``detector.options(steps=4)``."""
+        return dataclasses.replace(self.model.sampler_options, **changes)
 
     @torch.no_grad()
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
         *,
-        steps: int | None = None,
+        opts: SamplerOptions | None = None,
         num_boxes: int | None = None,
         x_T: Tensor | None = None,
-        generator: Generator = None,
+        generator: Generators = None,
         score_threshold: float = 0.0,
-        **sampler_options: Any,
     ) -> list[dict[str, Tensor]]:
-        """Detects objects in one image or a list of images.
+        """Detects objects in one image or a list of images (run as one batch).
 
         Args:
-            images: file paths, HWC uint8 RGB arrays or (3, H, W) tensors (0..255), at their own size.
-            steps, num_boxes, x_T, generator: sampler settings (see ``DiffusionDet.inference``);
-                further options (``eta``, ``box_renewal`` ...) pass through ``sampler_options``.
+            images: file paths, HWC RGB arrays (uint8, or float in 0..255) or (3, H, W) tensors (0..255), at
+                their own size.
+            opts, num_boxes, x_T, generator: sampler settings (see ``DiffusionDet.inference``); pass one generator
+                per image to make each image's result independent of the batch. Images run in batches of equal
+                padded size (a result never depends on the other images' sizes).
             score_threshold: drop detections below this score.
 
         Returns:
             Per image ``{"boxes": (D, 4) xyxy in input pixels, "scores": (D,), "labels": (D,)}`` on CPU.
+
+        Raises:
+            ImageInputError: a bad image (named by its index, and path when given).
         """
         single = isinstance(images, (str, Path, np.ndarray, Tensor)) and not (
-            isinstance(images, Tensor) and images.dim() == 4)
+            isinstance(images, Tensor) and images.dim() == 4
+        )
         items = [images] if single else list(images)
-        originals = [load_image(im) for im in items]
+        if not items:
+            raise ImageInputError("predict() got an empty list of images")
+        originals = [load_image(im, name=f"image {i}") for i, im in enumerate(items)]
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in originals]
-        resized = [resize_image(im, resized_hw(*hw, self.min_size, self.max_size)).to(self.device)
-                   for im, hw in zip(originals, sizes)]
-        dets = self.model.inference(resized, steps=steps, num_boxes=num_boxes, x_T=x_T,
-                                    generator=generator, output_sizes=sizes, **sampler_options)
+        resized = [
+            resize_image(im, resized_shape(*hw, self.min_size, self.max_size)).to(self.device)
+            for im, hw in zip(originals, sizes)
+        ]
+        dets = self._infer_by_padded_size(resized, sizes, opts, num_boxes, x_T, generator)
         out = []
         for d in dets:
             keep = d["scores"] >= score_threshold
-            out.append({"boxes": d["boxes_xyxy"][keep].cpu(), "scores": d["scores"][keep].cpu(),
-                        "labels": d["labels"][keep].cpu()})
+            out.append(
+                {
+                    "boxes": d["boxes_xyxy"][keep].cpu(),
+                    "scores": d["scores"][keep].cpu(),
+                    "labels": d["labels"][keep].cpu(),
+                }
+            )
         return out
+
+    def _infer_by_padded_size(
+        self,
+        images: list[Tensor],
+        sizes: list[tuple[int, int]],
+        opts: SamplerOptions | None,
+        num_boxes: int | None,
+        x_T: Tensor | None,
+        generator: Generators,
+    ) -> list[dict[str, Tensor]]:
+        """Runs ``model.inference`` once per group of images with the same padded size, in input order.
+
+        Zero padding to a larger batch size changes the backbone features near the image border, so an image is
+        batched only with images of its own padded size: a result never depends on the other images of the call.
+        """
+        if x_T is not None and (x_T.dim() != 3 or x_T.shape[0] != len(images)):
+            raise ValueError(f"x_T must have shape ({len(images)}, N, 4), got {tuple(x_T.shape)}")
+        per_image = isinstance(generator, (list, tuple))
+        if per_image and len(generator) != len(images):
+            raise ValueError(f"got {len(generator)} generators for {len(images)} images")
+        div = max(self.model.size_divisibility, 1)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault((-(-im.shape[1] // div), -(-im.shape[2] // div)), []).append(i)
+        dets: list[dict[str, Tensor] | None] = [None] * len(images)
+        for idx in groups.values():
+            out = self.model.inference(
+                [images[i] for i in idx],
+                opts=opts,
+                num_boxes=num_boxes,
+                x_T=None if x_T is None else x_T[idx],
+                output_sizes=[sizes[i] for i in idx],
+                generator=[generator[i] for i in idx] if per_image else generator,
+            )
+            for i, d in zip(idx, out):
+                dets[i] = d
+        return dets

@@ -77,7 +77,9 @@ def ensure_synthetic_dataset(
         "val_json": str(root / "annotations" / "instances_val.json"),
         "val_images": str(root / "val"),
     }
-    stamp = json.loads(json.dumps({"version": GENERATOR_VERSION, **asdict(spec)}))  # tuples -> lists
+    stamp = json.loads(
+        json.dumps({"version": GENERATOR_VERSION, **asdict(spec)})
+    )  # tuples -> lists
     done = root / "DONE.json"
     if done.is_file() and json.loads(done.read_text()) == stamp:
         return paths
@@ -135,7 +137,10 @@ def _generate_split(
 
 
 def render_image(
-    rng: np.random.Generator, height: int, width: int, num_objects: int,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_objects: int,
     spec: SyntheticSpec | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, list[float], float]]]:
     """Render one image (object sizes, occlusion and contrast from ``spec``).
@@ -211,7 +216,9 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _size(rng: np.random.Generator, height: int, width: int, bucket: int, spec: SyntheticSpec) -> float:
+def _size(
+    rng: np.random.Generator, height: int, width: int, bucket: int, spec: SyntheticSpec
+) -> float:
     """Object scale (circumscribed diameter) for bucket 0/1/2 aiming at COCO small / medium / large areas."""
     large_max = max(spec.large_max_factor * min(height, width), 120.0)
     low, high = ((spec.small_min, 36.0), (36.0, 100.0), (110.0, large_max))[bucket]
@@ -252,7 +259,11 @@ def _polygon(category: int, rng: np.random.Generator, radius: float) -> list[np.
 
 
 def _shape_mask(
-    rng: np.random.Generator, category: int, height: int, width: int, bucket: int,
+    rng: np.random.Generator,
+    category: int,
+    height: int,
+    width: int,
+    bucket: int,
     spec: SyntheticSpec,
 ) -> np.ndarray:
     size = _size(rng, height, width, bucket, spec)

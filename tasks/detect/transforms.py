@@ -39,13 +39,31 @@ class Sample:
 
 
 def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ``ResizeShortestEdge.get_output_shape``: (new_h, new_w)."""
-    scale = short / min(height, width)
-    new_h, new_w = height * scale, width * scale
+    """(new_h, new_w) of a shortest-edge resize: detectron2 ``ResizeShortestEdge.get_output_shape``, the same
+    float arithmetic (the short side is set to ``short`` exactly, then both sides are capped by ``max_size``).
+
+    The one implementation: training/test transforms and ``DiffusionDetector.predict`` all call it.
+
+    A side is never rounded down to 0 px (detectron2 would crash later on such an image).
+
+    Raises:
+        ValueError: when a side of the input is < 1 px.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"cannot resize an image of {height}x{width} px (height x width): it is empty"
+        )
+    size = short * 1.0
+    scale = size / min(height, width)
+    if height < width:
+        new_h, new_w = size, scale * width
+    else:
+        new_h, new_w = scale * height, size
     if max(new_h, new_w) > max_size:
-        scale = max_size / max(new_h, new_w)
+        scale = max_size * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    # detectron2 would return 0 for a side of an extreme aspect ratio (e.g. 10000x1) and crash later; keep 1 px
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 class ResizeShortestEdge:

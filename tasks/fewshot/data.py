@@ -20,13 +20,31 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 CAMVID_CLASSES: tuple[str, ...] = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
-    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
 )
 CAMVID_IGNORE = 11
 CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    (128, 128, 128),
+    (128, 0, 0),
+    (192, 192, 128),
+    (128, 64, 128),
+    (60, 40, 222),
+    (128, 128, 0),
+    (192, 128, 128),
+    (64, 64, 128),
+    (64, 0, 128),
+    (64, 64, 0),
+    (0, 128, 192),
 )
 
 
@@ -51,12 +69,21 @@ def camvid_pairs(root: str | Path, split: str) -> list[Pair]:
         parts = line.split()
         if len(parts) != 2:
             raise ValueError(f"{listing}:{n}: expected 'image label', got {line!r}")
-        pairs.append(Pair(root / parts[0], root / parts[1]))
+        pairs.append(Pair(_inside(root, parts[0], listing, n), _inside(root, parts[1], listing, n)))
     return pairs
 
 
+def _inside(root: Path, entry: str, listing: Path, line: int) -> Path:
+    """``root / entry``, refused when it resolves outside ``root`` (``../`` or an absolute path)."""
+    path = (root / entry).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{listing}:{line}: {entry!r} points outside the data root {root}")
+    return root / entry
+
+
 def ddpmseg_pairs(root: str | Path, limit: int | None = None) -> list[Pair]:
-    """DDPM-Seg layout: image files with a same-stem ``.npy`` mask, sorted by name; first ``limit``."""
+    """DDPM-Seg layout: image files with a same-stem ``.npy`` mask, sorted by name; first
+    ``limit``."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: dataset folder not found")
@@ -72,9 +99,28 @@ def ddpmseg_pairs(root: str | Path, limit: int | None = None) -> list[Pair]:
     return pairs[:limit] if limit else pairs
 
 
+def open_rgb(path: Path) -> Image.Image:
+    """The image file as a loaded RGB PIL image; an unreadable or truncated file is a ValueError
+    naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read image: {err}") from None
+
+
 def read_label(path: Path) -> np.ndarray:
     """(H, W) integer label map from a ``.npy`` or single-channel image file."""
-    array = np.load(path) if path.suffix == ".npy" else np.asarray(Image.open(path))
+    try:
+        array = np.load(path) if path.suffix == ".npy" else np.asarray(Image.open(path))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read label map: {err}") from None
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise ValueError(
+            f"{path}: label map holds fractional values (float labels must be whole numbers)"
+        )
+    if array.dtype.kind not in "iuf" and array.dtype != bool:
+        raise ValueError(f"{path}: label map has dtype {array.dtype}, expected integers")
     if array.ndim != 2:
         raise ValueError(f"{path}: label map must be 2-D, got shape {array.shape}")
     return array.astype(np.int64)
@@ -82,18 +128,31 @@ def read_label(path: Path) -> np.ndarray:
 
 def load_pair(pair: Pair, size: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
     """Image (3, H, W) in [-1, 1] and label (H, W) int64, resized to ``size`` = (H, W) if given."""
-    image = Image.open(pair.image).convert("RGB")
+    image = open_rgb(pair.image)
     label = read_label(pair.label)
     if label.shape != (image.height, image.width):
-        raise ValueError(f"{pair.label}: label {label.shape} does not match image {(image.height, image.width)}")
+        raise ValueError(
+            f"{pair.label}: label {label.shape} does not match image {(image.height, image.width)}"
+        )
+    if size is not None and size != (image.height, image.width):
+        label = np.asarray(
+            Image.fromarray(label.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST)
+        )
+    return pil_to_unit(image, size), torch.from_numpy(np.asarray(label, dtype=np.int64))
+
+
+def pil_to_unit(image: Image.Image, size: tuple[int, int] | None = None) -> Tensor:
+    """An RGB PIL image as (3, H, W) float in [-1, 1], resized (bilinear) to ``size`` = (H, W) if
+    given."""
     if size is not None and size != (image.height, image.width):
         image = image.resize((size[1], size[0]), Image.BILINEAR)
-        label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((size[1], size[0]), Image.NEAREST))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-    return pixels.contiguous(), torch.from_numpy(np.asarray(label, dtype=np.int64))
+    return pixels.contiguous()
 
 
-def load_split(pairs: list[Pair], size: tuple[int, int] | None) -> tuple[list[Tensor], list[Tensor]]:
+def load_split(
+    pairs: list[Pair], size: tuple[int, int] | None
+) -> tuple[list[Tensor], list[Tensor]]:
     """All images and labels of ``pairs``."""
     images, labels = [], []
     for pair in pairs:
@@ -116,12 +175,14 @@ def load_images(files: list[Path], size: tuple[int, int]) -> Tensor:
     """(N, 3, H, W) uint8 images resized (bilinear) to ``size`` = (H, W)."""
     out = torch.empty(len(files), 3, *size, dtype=torch.uint8)
     for i, path in enumerate(files):
-        image = Image.open(path).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+        image = open_rgb(path).resize((size[1], size[0]), Image.BILINEAR)
         out[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     return out
 
 
-def colorize(label: Tensor, palette: tuple[tuple[int, int, int], ...], ignore_index: int) -> np.ndarray:
+def colorize(
+    label: Tensor, palette: tuple[tuple[int, int, int], ...], ignore_index: int
+) -> np.ndarray:
     """(H, W) labels -> (H, W, 3) uint8 colours; ignored / unknown labels are black."""
     table = np.zeros((max(len(palette), ignore_index + 1, int(label.max()) + 1), 3), dtype=np.uint8)
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8)

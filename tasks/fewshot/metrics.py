@@ -15,7 +15,9 @@ from torch import Tensor
 from evaluation.semseg import confusion_matrix, ddpmseg_miou, miou_from_confusion
 
 
-def miou_both(preds: Sequence[Tensor], gts: Sequence[Tensor], num_classes: int, ignore_index: int) -> dict:
+def miou_both(
+    preds: Sequence[Tensor], gts: Sequence[Tensor], num_classes: int, ignore_index: int
+) -> dict:
     """``{"miou", "iou" (per class), "miou_ddpmseg", "iou_ddpmseg"}``, as fractions in [0, 1]."""
     if not preds:
         raise ValueError("miou_both: no predictions")

@@ -45,8 +45,12 @@ class PixelMLP(nn.Module):
         super().__init__()
         a, b = hidden_widths(num_classes)
         self.layers = nn.Sequential(
-            nn.Linear(in_dim, a), nn.ReLU(), nn.BatchNorm1d(a),
-            nn.Linear(a, b), nn.ReLU(), nn.BatchNorm1d(b),
+            nn.Linear(in_dim, a),
+            nn.ReLU(),
+            nn.BatchNorm1d(a),
+            nn.Linear(a, b),
+            nn.ReLU(),
+            nn.BatchNorm1d(b),
             nn.Linear(b, num_classes),
         )
         for m in self.layers:
@@ -65,12 +69,19 @@ class EnsembleMLP(nn.Module):
     (M, P, K). BatchNorm runs over ``M * width`` channels, i.e. per member.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, num_models: int = 10, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        num_models: int = 10,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.in_dim, self.num_classes, self.num_models = in_dim, num_classes, num_models
         dims = (in_dim, *hidden_widths(num_classes), num_classes)
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(num_models, i, o, generator=generator) * 0.02) for i, o in zip(dims, dims[1:])
+            nn.Parameter(torch.randn(num_models, i, o, generator=generator) * 0.02)
+            for i, o in zip(dims, dims[1:])
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(num_models, o)) for o in dims[1:])
         self.norms = nn.ModuleList(nn.BatchNorm1d(num_models * w) for w in dims[1:-1])
@@ -116,6 +127,7 @@ class PixelBank:
         ignore_index: label excluded from training.
         min_class_pixels: DDPM-Seg relabels a class with fewer pixels than this in an image
             to ``ignore_index`` (20 in the reference); 0 disables.
+        names: per image, a name for error messages (file name); default "image <i>".
     """
 
     def __init__(
@@ -125,9 +137,16 @@ class PixelBank:
         *,
         ignore_index: int,
         min_class_pixels: int = 20,
+        names: Sequence[str] | None = None,
     ) -> None:
         if len(features) != len(labels) or not labels:
-            raise ValueError(f"need as many feature sets as label maps, got {len(features)} and {len(labels)}")
+            raise ValueError(
+                f"need as many feature sets as label maps, got {len(features)} and {len(labels)}"
+            )
+        self.names = (
+            list(names) if names is not None else [f"image {i}" for i in range(len(labels))]
+        )
+        self.ignore_index, self.min_class_pixels = ignore_index, min_class_pixels
         self.features = [list(f) for f in features]
         self.dim = sum(f.shape[0] for f in self.features[0])
         self.sizes: list[tuple[int, int]] = []
@@ -141,6 +160,21 @@ class PixelBank:
             self.sizes.append((lab.shape[0], lab.shape[1]))
         self.ids = torch.cat(ids)  # image index in the high 32 bits, flat pixel in the low bits
         self.targets = torch.cat(targets)
+        self.pixels_per_image = [int(t.numel()) for t in targets]
+
+    def check_trainable(self, batch_size: int) -> None:
+        """Raise ValueError naming the images and their labelled-pixel counts when fewer than
+        ``batch_size`` labelled pixels are left (all ``ignore_index``, or classes dropped as rarer
+        than ``min_class_pixels``)."""
+        if len(self) >= batch_size:
+            return
+        counts = ", ".join(f"{name}: {n}" for name, n in zip(self.names, self.pixels_per_image))
+        raise ValueError(
+            f"only {len(self)} labelled pixels left to train on "
+            f"(fewer than classifier.batch_size={batch_size}) after dropping ignore_index "
+            f"{self.ignore_index} and classes under {self.min_class_pixels} pixels per "
+            f"image; labelled pixels per image: {counts}"
+        )
 
     @staticmethod
     def _drop_rare(lab: Tensor, ignore_index: int, min_pixels: int) -> Tensor:
@@ -198,6 +232,7 @@ def train_ensemble(
     Memory: the bank's native features, plus one chunk of ``chunk_pixels x D`` float32 rows.
     ``max_iterations`` caps the total number of steps (a budget knob; None = the reference).
     """
+    bank.check_trainable(batch_size)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     model = EnsembleMLP(bank.dim, num_classes, num_models, generator=gen).to(device).train()
@@ -212,15 +247,23 @@ def train_ensemble(
             n_batches = x.shape[0] // batch_size
             if n_batches == 0:
                 continue
-            member_order = torch.argsort(torch.rand(num_models, x.shape[0], generator=gen), dim=1).to(device)
+            member_order = torch.argsort(
+                torch.rand(num_models, x.shape[0], generator=gen), dim=1
+            ).to(device)
             for b in range(n_batches):
-                idx = member_order[:, b * batch_size : (b + 1) * batch_size]  # (M, B): own batch per member
-                loss = F.cross_entropy(model(x[idx]).reshape(-1, num_classes), y[idx].reshape(-1), reduction="none")
+                idx = member_order[
+                    :, b * batch_size : (b + 1) * batch_size
+                ]  # (M, B): own batch per member
+                loss = F.cross_entropy(
+                    model(x[idx]).reshape(-1, num_classes), y[idx].reshape(-1), reduction="none"
+                )
                 loss = loss.reshape(num_models, batch_size).mean(dim=1)
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()
-                state.after_step(loss.detach(), check=epoch > stop_after_epoch, patience=patience, epoch=epoch)
+                state.after_step(
+                    loss.detach(), check=epoch > stop_after_epoch, patience=patience, epoch=epoch
+                )
                 total += 1
                 done = (total % 256 == 0 and bool(state.stopped.all())) or total == max_iterations
                 if done:
@@ -233,7 +276,11 @@ def train_ensemble(
     model.eval()
     stop_epochs = torch.where(state.stopped, state.stop_epoch, epoch)
     stats = TrainStats(iterations=state.iterations.tolist(), stop_epochs=stop_epochs.tolist())
-    logger.info("ensemble trained: iterations per member %s, stop epochs %s", stats.iterations, stats.stop_epochs)
+    logger.info(
+        "ensemble trained: iterations per member %s, stop epochs %s",
+        stats.iterations,
+        stats.stop_epochs,
+    )
     return model, stats
 
 
@@ -302,7 +349,11 @@ class Prediction:
 
 @torch.no_grad()
 def predict_image(
-    model: EnsembleMLP, features: Sequence[Tensor], size: tuple[int, int], *, chunk_pixels: int = 1 << 15
+    model: EnsembleMLP,
+    features: Sequence[Tensor],
+    size: tuple[int, int],
+    *,
+    chunk_pixels: int = 1 << 15,
 ) -> Prediction:
     """Predict every pixel of one (H, W) image from its native-resolution feature maps."""
     model.eval()
@@ -324,4 +375,6 @@ def predict_image(
         majority[pos] = torch.mode(logits.argmax(-1).T.cpu(), dim=1).values
         soft[pos] = mean.argmax(-1).cpu()
     top = js.sort().values[-max(1, n // 10) :]
-    return Prediction(majority.reshape(size), soft.reshape(size), js.reshape(size), float(top.mean()))
+    return Prediction(
+        majority.reshape(size), soft.reshape(size), js.reshape(size), float(top.mean())
+    )

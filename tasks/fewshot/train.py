@@ -1,138 +1,135 @@
-"""Few-shot segmentation: k labelled images -> diffusion features -> MLP ensemble -> val mIoU.
+"""Few-shot segmentation: k labelled images -> pixel features -> DDPM-Seg MLP ensembles -> mIoU.
 
-    python tasks/fewshot/train.py --config configs/fewshot/camvid.yaml k=10 seed=1
+    python tasks/fewshot/train.py      # embedded default: generated scenes, k = 1/5/10, a small
+                                       # diffusion model trained first, in-process (a few minutes)
+    python tasks/fewshot/train.py --config configs/fewshot/camvid.yaml data.root=/path/to/camvid
 
-Loads the diffusion U-Net from ``diffusion.checkpoint`` (a guided-diffusion-format state_dict,
-e.g. DDPM-Seg's ``lsun_bedroom.pt``) or ``diffusion.output_dir/last.pt`` (train_diffusion.py;
-trained first when missing), extracts features (cached when ``features.cache_dir`` is set),
-trains the ensemble, predicts the val split and writes ``metrics.json`` (standard and DDPM-Seg
-mIoU, majority and soft vote) plus coloured overlays.
+The U-Net comes from ``diffusion.checkpoint`` (train_diffusion.py's ``unet_ema.pt`` or a
+guided-diffusion state_dict such as DDPM-Seg's ``lsun_bedroom.pt``); without it the run stops,
+unless the config asks explicitly for ``diffusion.train_in_process=true``. One ensemble per (method,
+seed, k) of ``experiment``, each saved as ``output_dir/<method>_k<k>_seed<seed>/ensemble.pt`` (for
+predict.py) with its ``metrics.json``; the table of all runs goes to ``output_dir/results.md`` and
+``results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
+import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import numpy as np
-import torch
-from PIL import Image
-
-from backbones.adm_unet import ADMUNet
-from backbones.features import FeatureCache, extract_per_image, module_fingerprint
-from diffusion_core import NoiseSchedule
-from tasks.common.config import add_config_args, load_config, save_config
+from tasks.common.checkpoint import atomic_write_json, atomic_write_text
+from tasks.common.config import add_config_args, config_to_dict, load_config
 from tasks.common.dist import resolve_device
 from tasks.common.log import setup_logging
-from tasks.fewshot import train_diffusion
-from tasks.fewshot.config import FewShotConfig, build_unet, image_size_hw
-from tasks.fewshot.data import (
-    CAMVID_PALETTE,
-    camvid_pairs,
-    colorize,
-    ddpmseg_pairs,
-    default_palette,
-    load_split,
-    overlay,
+from tasks.common.rundir import prepare_run_dir
+from tasks.fewshot.config import FewShotConfig
+from tasks.fewshot.datasets import load_fewshot_data
+from tasks.fewshot.diffusion import load_unet, train_diffusion, write_samples
+from tasks.fewshot.experiment import (
+    plan_runs,
+    predict_val,
+    results_table,
+    run_metrics,
+    save_run,
+    train_runs,
+    write_overlays,
 )
-from tasks.fewshot.metrics import miou_both
-from tasks.fewshot.pixel_classifier import PixelBank, predict_image, train_ensemble
+from tasks.fewshot.pixel_features import pixel_features
 
-logger = logging.getLogger("fewshot.train")
-
-
-def load_unet(cfg: FewShotConfig, device: torch.device) -> ADMUNet:
-    """The U-Net from ``diffusion.checkpoint`` or the train_diffusion.py output (trained if absent)."""
-    if cfg.diffusion.checkpoint:
-        state = torch.load(cfg.diffusion.checkpoint, map_location="cpu", weights_only=True)
-        model = build_unet(cfg)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{cfg.diffusion.checkpoint}: does not match the unet flags in the config: {err}") from None
-        return model.to(device).eval()
-    last = Path(cfg.diffusion.output_dir) / "last.pt"
-    if not last.exists():
-        logger.info("no diffusion checkpoint at %s: training one first", last)
-        train_diffusion.train(cfg)
-    return train_diffusion.load_trained_unet(cfg, last, device)
+DEFAULT_CONFIG = (
+    Path(__file__).resolve().parents[2] / "configs" / "fewshot" / "default_synthetic.yaml"
+)
+logger = logging.getLogger("fewshot")
 
 
-def load_data(cfg: FewShotConfig):
-    """(train images, train labels, val images, val labels) resized to the config size."""
-    size = image_size_hw(cfg)
-    if cfg.data.kind == "camvid":
-        train_pairs = camvid_pairs(cfg.data.root, cfg.data.train_split)
-        val_pairs = camvid_pairs(cfg.data.root, cfg.data.val_split)
-    elif cfg.data.kind == "ddpmseg":
-        root = Path(cfg.data.root)
-        train_pairs = ddpmseg_pairs(root / cfg.data.train_split, cfg.data.training_number or None)
-        val_pairs = ddpmseg_pairs(root / cfg.data.val_split, cfg.data.testing_number or None)
-    else:
-        raise ValueError(f"data.kind must be 'camvid' or 'ddpmseg', got {cfg.data.kind!r}")
-    return (*load_split(train_pairs, size), *load_split(val_pairs, size))
-
-
-def choose(n: int, k: int, seed: int) -> list[int]:
-    """``k`` training indices drawn with ``seed`` (all, in order, when k is 0 or >= n)."""
-    if k <= 0 or k >= n:
-        return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(100 + seed))[:k].tolist()
-
-
-def run(cfg: FewShotConfig) -> dict:
+def run(cfg: FewShotConfig, *, overwrite: bool = False) -> list[dict]:
+    """Train and score every run of ``cfg``; returns their metrics."""
+    tic = time.time()
     out = Path(cfg.output_dir)
-    setup_logging(str(out), "fewshot.train")
-    save_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
-    train_x, train_y, val_x, val_y = load_data(cfg)
-    chosen = choose(len(train_x), cfg.k, cfg.seed)
-    logger.info("%d labelled training images (%s), %d val images", len(chosen), chosen, len(val_x))
-    unet = load_unet(cfg, device)
-    schedule = NoiseSchedule.from_name(cfg.diffusion.noise_schedule, cfg.diffusion.num_timesteps)
-    cache = None
-    if cfg.features.cache_dir:
-        cache = FeatureCache(cfg.features.cache_dir, checkpoint=module_fingerprint(unet), blocks=cfg.features.blocks,
-                             timesteps=cfg.features.timesteps, noise_seed=cfg.features.noise_seed,
-                             noise_device=device.type)
+    # checks that need no output folder come first: a failed start leaves nothing to --overwrite
+    data = load_fewshot_data(cfg)
+    runs = plan_runs(cfg, len(data.train_images))
+    wants_unet = any(r.method == "diffusion" for r in runs)
+    in_process = wants_unet and not cfg.diffusion.checkpoint and cfg.diffusion.train_in_process
+    unet = load_unet(cfg, device) if wants_unet and not in_process else None
+    prepare_run_dir(out, config=config_to_dict(cfg), resume=False, overwrite=overwrite)
+    setup_logging(out, "fewshot")
+    logger.info(
+        "%d train / %d val images; %d runs (methods %s)",
+        len(data.train_images),
+        len(data.val_images),
+        len(runs),
+        cfg.experiment.methods,
+    )
+    timings, note = {}, ""
+    if in_process:
+        start = time.time()
+        logger.info(
+            "diffusion.train_in_process=true: training a small diffusion model in-process first "
+            "(%d iterations on the %d training images, into %s)",
+            cfg.diffusion.iterations,
+            len(data.train_images),
+            cfg.diffusion.output_dir,
+        )
+        cfg.diffusion.checkpoint = str(
+            train_diffusion(cfg, data.train_uint8(), overwrite=overwrite)
+        )
+        timings["diffusion_training_s"] = round(time.time() - start, 1)
+        unet = load_unet(cfg, device)
+        samples = write_samples(cfg, unet, device, Path(cfg.diffusion.output_dir) / "samples.png")
+        note = (
+            f"diffusion features from a U-Net trained in-process first "
+            f"({cfg.diffusion.iterations} iterations, {timings['diffusion_training_s']:.0f} s; "
+            f"samples: {samples})\n"
+        )
+    results = []
+    start = time.time()
+    for method in cfg.experiment.methods:
+        method_runs = [r for r in runs if r.method == method]
+        features = pixel_features(cfg, method, unet=unet, device=device)
+        train_runs(cfg, method_runs, features, data, device)
+        predict_val(method_runs, features, data, cfg.features.batch_size)
+        for r in method_runs:
+            save_run(cfg, r, features, data, out, cfg.diffusion.checkpoint)
+            metrics = run_metrics(cfg, r, data)
+            atomic_write_json(out / r.name / "metrics.json", metrics)
+            results.append(metrics)
+            logger.info(
+                "%s: mIoU %.1f (DDPM-Seg mode %.1f, soft vote %.1f)",
+                r.name,
+                100 * metrics["majority"]["miou"],
+                100 * metrics["majority"]["miou_ddpmseg"],
+                100 * metrics["soft"]["miou"],
+            )
+            write_overlays(
+                out / r.name, r, data, n=cfg.num_overlays, ignore_index=cfg.data.ignore_index
+            )
+    timings["features_ensembles_eval_s"] = round(time.time() - start, 1)
+    timings["total_s"] = round(time.time() - tic, 1)
+    table = results_table(results)
+    atomic_write_json(out / "results.json", {"runs": results, "timings": timings})
+    atomic_write_text(out / "results.md", table + "\n")
+    print(
+        f"\nmIoU (%) on {len(data.val_images)} val images, majority vote, mean +- std over seeds "
+        f"({timings['total_s']:.0f} s):\n{table}\n{note}"
+        f"ensembles: {out}/<method>_k<k>_seed<seed>/ensemble.pt",
+        flush=True,
+    )
+    return results
 
-    def features(images):
-        per_image = extract_per_image(unet, schedule, images, timesteps=cfg.features.timesteps,
-                                      blocks=cfg.features.blocks, noise_seed=cfg.features.noise_seed,
-                                      device=device, batch_size=cfg.features.batch_size, cache=cache, progress=True)
-        return [list(d.values()) for d in per_image]
 
-    c = cfg.classifier
-    bank = PixelBank(features([train_x[i] for i in chosen]), [train_y[i] for i in chosen],
-                     ignore_index=cfg.data.ignore_index, min_class_pixels=c.min_class_pixels)
-    model, stats = train_ensemble(bank, cfg.data.num_classes, num_models=c.num_models, batch_size=c.batch_size,
-                                  lr=c.lr, max_epochs=c.max_epochs, patience=c.patience, chunk_pixels=c.chunk_pixels,
-                                  seed=cfg.seed, device=device, max_iterations=c.max_iterations or None)
-    preds = [predict_image(model, f, tuple(lab.shape)) for f, lab in zip(features(val_x), val_y)]
-    metrics = {"k": len(chosen), "train_indices": chosen, "iterations": stats.iterations,
-               "stop_epochs": stats.stop_epochs}
-    for vote in ("majority", "soft"):
-        metrics[vote] = miou_both([getattr(p, vote) for p in preds], val_y, cfg.data.num_classes, cfg.data.ignore_index)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    logger.info("mIoU %.2f (DDPM-Seg mode %.2f), soft vote %.2f", 100 * metrics["majority"]["miou"],
-                100 * metrics["majority"]["miou_ddpmseg"], 100 * metrics["soft"]["miou"])
-    palette = CAMVID_PALETTE if cfg.data.kind == "camvid" else default_palette(cfg.data.num_classes)
-    for i in range(min(cfg.num_overlays, len(preds))):
-        pair = [overlay(val_x[i], colorize(lab, palette, cfg.data.ignore_index)) for lab in (val_y[i], preds[i].majority)]
-        Image.fromarray(np.concatenate(pair, axis=1)).save(out / f"overlay_{i:03d}.png")
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.description += f" (no --config: {DEFAULT_CONFIG.name}, the embedded default)"
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in output_dir"
+    )
     args = parser.parse_args(argv)
-    run(load_config(FewShotConfig, args.config, args.overrides))
+    cfg = load_config(FewShotConfig, args.config or DEFAULT_CONFIG, args.overrides)
+    return run(cfg, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

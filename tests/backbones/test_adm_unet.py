@@ -1,6 +1,6 @@
 """ADM U-Net: state_dict layout and outputs against guided-diffusion's UNetModel.
 
-Two oracles:
+Two oracles (the first is also used by tests/tasks/fewshot/test_benchmark_configs.py):
 * ``expected_keys_and_shapes``: a key -> shape generator written from the facts of
   guided-diffusion's ``unet.py`` (``UNetModel.__init__``, ``ResBlock``, ``AttentionBlock``,
   ``script_util.create_model``), independent of ``backbones.adm_unet``;
@@ -15,42 +15,64 @@ import torch
 
 from backbones.adm_unet import DDPMSEG_256_FLAGS, ADMUNet
 
-gd_script_util = pytest.importorskip("guided_diffusion.script_util", reason="guided-diffusion-sdk")
+
+@pytest.fixture(scope="module")
+def gd_script_util():
+    """guided-diffusion's script_util (test-only oracle); the source-derived table tests run without it."""
+    return pytest.importorskip("guided_diffusion.script_util", reason="guided-diffusion-sdk")
 
 
 def _resblock(prefix: str, cin: int, cout: int, emb: int, sss: bool) -> dict[str, tuple]:
     shapes = {
-        "in_layers.0.weight": (cin,), "in_layers.0.bias": (cin,),
-        "in_layers.2.weight": (cout, cin, 3, 3), "in_layers.2.bias": (cout,),
+        "in_layers.0.weight": (cin,),
+        "in_layers.0.bias": (cin,),
+        "in_layers.2.weight": (cout, cin, 3, 3),
+        "in_layers.2.bias": (cout,),
         "emb_layers.1.weight": ((2 if sss else 1) * cout, emb),
         "emb_layers.1.bias": ((2 if sss else 1) * cout,),
-        "out_layers.0.weight": (cout,), "out_layers.0.bias": (cout,),
-        "out_layers.3.weight": (cout, cout, 3, 3), "out_layers.3.bias": (cout,),
+        "out_layers.0.weight": (cout,),
+        "out_layers.0.bias": (cout,),
+        "out_layers.3.weight": (cout, cout, 3, 3),
+        "out_layers.3.bias": (cout,),
     }
     if cin != cout:  # 1x1 conv skip (UNetModel never sets use_conv)
-        shapes.update({"skip_connection.weight": (cout, cin, 1, 1), "skip_connection.bias": (cout,)})
+        shapes.update(
+            {"skip_connection.weight": (cout, cin, 1, 1), "skip_connection.bias": (cout,)}
+        )
     return {f"{prefix}.{k}": v for k, v in shapes.items()}
 
 
 def _attention(prefix: str, ch: int) -> dict[str, tuple]:
     shapes = {
-        "norm.weight": (ch,), "norm.bias": (ch,),
-        "qkv.weight": (3 * ch, ch, 1), "qkv.bias": (3 * ch,),
-        "proj_out.weight": (ch, ch, 1), "proj_out.bias": (ch,),
+        "norm.weight": (ch,),
+        "norm.bias": (ch,),
+        "qkv.weight": (3 * ch, ch, 1),
+        "qkv.bias": (3 * ch,),
+        "proj_out.weight": (ch, ch, 1),
+        "proj_out.bias": (ch,),
     }
     return {f"{prefix}.{k}": v for k, v in shapes.items()}
 
 
 def expected_keys_and_shapes(
-    *, image_size: int, num_channels: int, num_res_blocks: int, channel_mult: tuple,
-    attention_resolutions: tuple, learn_sigma: bool, sss: bool, updown: bool,
+    *,
+    image_size: int,
+    num_channels: int,
+    num_res_blocks: int,
+    channel_mult: tuple,
+    attention_resolutions: tuple,
+    learn_sigma: bool,
+    sss: bool,
+    updown: bool,
 ) -> dict[str, tuple]:
     """guided-diffusion UNetModel key -> shape table, derived from its source (unconditional)."""
     c, emb = num_channels, 4 * num_channels
     attn_ds = {image_size // r for r in attention_resolutions}
     table = {
-        "time_embed.0.weight": (emb, c), "time_embed.0.bias": (emb,),
-        "time_embed.2.weight": (emb, emb), "time_embed.2.bias": (emb,),
+        "time_embed.0.weight": (emb, c),
+        "time_embed.0.bias": (emb,),
+        "time_embed.2.weight": (emb, emb),
+        "time_embed.2.bias": (emb,),
         "input_blocks.0.0.weight": (c * channel_mult[0], 3, 3, 3),
         "input_blocks.0.0.bias": (c * channel_mult[0],),
     }
@@ -67,8 +89,10 @@ def expected_keys_and_shapes(
             if updown:
                 table |= _resblock(f"input_blocks.{idx}.0", ch, ch, emb, sss)
             else:
-                table |= {f"input_blocks.{idx}.0.op.weight": (ch, ch, 3, 3),
-                          f"input_blocks.{idx}.0.op.bias": (ch,)}
+                table |= {
+                    f"input_blocks.{idx}.0.op.weight": (ch, ch, 3, 3),
+                    f"input_blocks.{idx}.0.op.bias": (ch,),
+                }
             skips.append(ch)
             ds, idx = ds * 2, idx + 1
     table |= _resblock("middle_block.0", ch, ch, emb, sss)
@@ -86,13 +110,19 @@ def expected_keys_and_shapes(
                 if updown:
                     table |= _resblock(f"output_blocks.{idx}.{sub}", ch, ch, emb, sss)
                 else:
-                    table |= {f"output_blocks.{idx}.{sub}.conv.weight": (ch, ch, 3, 3),
-                              f"output_blocks.{idx}.{sub}.conv.bias": (ch,)}
+                    table |= {
+                        f"output_blocks.{idx}.{sub}.conv.weight": (ch, ch, 3, 3),
+                        f"output_blocks.{idx}.{sub}.conv.bias": (ch,),
+                    }
                 ds //= 2
             idx += 1
     out = 6 if learn_sigma else 3
-    table |= {"out.0.weight": (ch,), "out.0.bias": (ch,),
-              "out.2.weight": (out, c * channel_mult[0], 3, 3), "out.2.bias": (out,)}
+    table |= {
+        "out.0.weight": (ch,),
+        "out.0.bias": (ch,),
+        "out.2.weight": (out, c * channel_mult[0], 3, 3),
+        "out.2.bias": (out,),
+    }
     return table
 
 
@@ -104,8 +134,14 @@ def test_ddpmseg_256_state_dict_matches_source_derived_table():
     with torch.device("meta"):
         ours = ADMUNet.from_flags(**DDPMSEG_256_FLAGS)
     expected = expected_keys_and_shapes(
-        image_size=256, num_channels=256, num_res_blocks=2, channel_mult=(1, 1, 2, 2, 4, 4),
-        attention_resolutions=(32, 16, 8), learn_sigma=True, sss=True, updown=True,
+        image_size=256,
+        num_channels=256,
+        num_res_blocks=2,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        attention_resolutions=(32, 16, 8),
+        learn_sigma=True,
+        sss=True,
+        updown=True,
     )
     assert _shapes(ours) == expected
     assert len(expected) == 566
@@ -113,7 +149,7 @@ def test_ddpmseg_256_state_dict_matches_source_derived_table():
     assert sum(v.numel() for v in ours.state_dict().values()) == 552_814_086
 
 
-def test_ddpmseg_256_strict_load_of_guided_diffusion_state_dict():
+def test_ddpmseg_256_strict_load_of_guided_diffusion_state_dict(gd_script_util):
     flags = {k: v for k, v in DDPMSEG_256_FLAGS.items()}
     with torch.device("meta"):
         reference = gd_script_util.create_model(**flags)
@@ -135,18 +171,35 @@ def test_decoder_table_is_the_ddpmseg_table():
 
 SMALL_CONFIGS = {
     "updown_sss_legacy": dict(
-        image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
-        attention_resolutions="16,8", num_heads=2, use_scale_shift_norm=True,
-        resblock_updown=True, learn_sigma=True,
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult="1,2,2",
+        attention_resolutions="16,8",
+        num_heads=2,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        learn_sigma=True,
     ),
     "plain_new_order_classcond": dict(
-        image_size=32, num_channels=32, num_res_blocks=2, channel_mult="1,2",
-        attention_resolutions="32,16", num_head_channels=16, use_new_attention_order=True,
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=2,
+        channel_mult="1,2",
+        attention_resolutions="32,16",
+        num_head_channels=16,
+        use_new_attention_order=True,
         class_cond=True,
     ),
     "heads_upsample_dropout": dict(
-        image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,1,2",
-        attention_resolutions="8,4", num_heads=4, num_heads_upsample=2, dropout=0.3,
+        image_size=16,
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult="1,1,2",
+        attention_resolutions="8,4",
+        num_heads=4,
+        num_heads_upsample=2,
+        dropout=0.3,
         use_scale_shift_norm=True,
     ),
 }
@@ -160,7 +213,7 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
-def test_small_config_matches_guided_diffusion_numerically(name):
+def test_small_config_matches_guided_diffusion_numerically(name, gd_script_util):
     flags = SMALL_CONFIGS[name]
     torch.manual_seed(0)
     reference = gd_script_util.create_model(**flags).eval()
@@ -180,7 +233,7 @@ def test_small_config_matches_guided_diffusion_numerically(name):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_decoder_features_equal_decoder_outputs_and_leave_no_hooks():
+def test_decoder_features_equal_decoder_outputs_and_leave_no_hooks(gd_script_util):
     flags = SMALL_CONFIGS["updown_sss_legacy"]
     reference = gd_script_util.create_model(**flags).eval()
     _randomize(reference, 3)
@@ -215,7 +268,7 @@ def test_block_tables_follow_flags():
     assert [b.stride for b in ours.encoder_blocks] == [1, 1, 2, 2, 4, 4]
 
 
-def test_fp16_converts_exactly_the_torso_convs():
+def test_fp16_converts_exactly_the_torso_convs(gd_script_util):
     flags = SMALL_CONFIGS["updown_sss_legacy"]
     reference = gd_script_util.create_model(**flags)
     reference.convert_to_fp16()

@@ -37,7 +37,9 @@ def test_backbone_contract(name: str) -> None:
     assert [s.name for s in model.feature_specs] == list(out)
     assert [s.name for s in model.feature_specs] == list(FPN_IN_FEATURES[name])
     for spec in model.feature_specs:
-        assert out[spec.name].shape == (2, spec.channels, 96 // spec.stride, 160 // spec.stride), spec
+        assert out[spec.name].shape == (2, spec.channels, 96 // spec.stride, 160 // spec.stride), (
+            spec
+        )
         assert torch.isfinite(out[spec.name]).all()
 
 
@@ -65,7 +67,9 @@ def test_fpn_matches_detectron2_computation() -> None:
         prev = inner[3](bottom[names[3]])
         expected = [layer[3](prev)]
         for i in (2, 1, 0):
-            prev = inner[i](bottom[names[i]]) + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            prev = inner[i](bottom[names[i]]) + F.interpolate(
+                prev, scale_factor=2.0, mode="nearest"
+            )
             expected.insert(0, layer[i](prev))
         expected.append(F.max_pool2d(expected[-1], kernel_size=1, stride=2, padding=0))
     for got, want in zip(out.values(), expected):
@@ -161,8 +165,9 @@ def test_full_swin_b_shapes() -> None:
 def test_resnet_width_scales_every_stage(depth: int) -> None:
     standard = build_resnet(depth, norm="bn", freeze_at=0)
     slim = build_resnet(depth, norm="bn", freeze_at=0, width=32)
-    assert [s.channels for s in slim.feature_specs] == [c // 2 for c in
-                                                         (s.channels for s in standard.feature_specs)]
+    assert [s.channels for s in slim.feature_specs] == [
+        c // 2 for c in (s.channels for s in standard.feature_specs)
+    ]
     assert [s.stride for s in slim.feature_specs] == [4, 8, 16, 32]
     out = slim(torch.randn(2, 3, 64, 96))
     for spec in slim.feature_specs:

@@ -17,8 +17,14 @@ from backbones.features import (
 from diffusion_core import NoiseSchedule, q_sample
 
 FLAGS = dict(
-    image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
-    attention_resolutions="16,8", num_heads=2, use_scale_shift_norm=True, resblock_updown=True,
+    image_size=32,
+    num_channels=32,
+    num_res_blocks=1,
+    channel_mult="1,2,2",
+    attention_resolutions="16,8",
+    num_heads=2,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
 )
 
 
@@ -58,7 +64,9 @@ def test_every_block_has_the_tabulated_shape(unet, schedule):
 def test_features_equal_the_unet_decoder_on_q_sample(unet, schedule):
     images = _images(3)
     noise = torch.randn(1, 3, 16, 24, generator=torch.Generator().manual_seed(7))
-    feats = extract_features(unet, schedule, images, timesteps=(50, 250), blocks=(1, 4), noise=noise)
+    feats = extract_features(
+        unet, schedule, images, timesteps=(50, 250), blocks=(1, 4), noise=noise
+    )
     x_t = q_sample(schedule, images, 250, noise.expand_as(images))
     with torch.no_grad():
         direct = unet.decoder_features(x_t, torch.full((3,), 250), [1, 4])
@@ -69,12 +77,20 @@ def test_features_equal_the_unet_decoder_on_q_sample(unet, schedule):
 def test_shared_noise_is_shared_and_deterministic(unet, schedule):
     one = _images(1)
     images = torch.cat([one, one])  # the same image twice in a batch
-    a = extract_features(unet, schedule, images, generator=torch.Generator().manual_seed(3), blocks=(2,))
-    b = extract_features(unet, schedule, one, generator=torch.Generator().manual_seed(3), blocks=(2,))
-    c = extract_features(unet, schedule, one, generator=torch.Generator().manual_seed(4), blocks=(2,))
+    a = extract_features(
+        unet, schedule, images, generator=torch.Generator().manual_seed(3), blocks=(2,)
+    )
+    b = extract_features(
+        unet, schedule, one, generator=torch.Generator().manual_seed(3), blocks=(2,)
+    )
+    c = extract_features(
+        unet, schedule, one, generator=torch.Generator().manual_seed(4), blocks=(2,)
+    )
     for key in a:
         torch.testing.assert_close(a[key][0], a[key][1])  # one noise for both images
-        torch.testing.assert_close(a[key][:1], b[key], rtol=1e-5, atol=1e-5)  # seed -> same features
+        torch.testing.assert_close(
+            a[key][:1], b[key], rtol=1e-5, atol=1e-5
+        )  # seed -> same features
         assert not torch.allclose(b[key], c[key])  # another seed differs
     torch.testing.assert_close(shared_noise((3, 4, 4), 5), shared_noise((3, 4, 4), 5))
 
@@ -97,11 +113,17 @@ def test_bad_arguments(unet, schedule):
 
 def test_cache_round_trip(unet, schedule, tmp_path, monkeypatch):
     images = list(_images(3))
-    setting = dict(checkpoint=module_fingerprint(unet), blocks=(1, 4), timesteps=(50, 150),
-                   noise_seed=0, noise_device="cpu")
+    setting = dict(
+        checkpoint=module_fingerprint(unet),
+        blocks=(1, 4),
+        timesteps=(50, 150),
+        noise_seed=0,
+        noise_device="cpu",
+    )
     cache = FeatureCache(tmp_path, **setting)
-    first = extract_per_image(unet, schedule, images, timesteps=(50, 150), blocks=(1, 4), cache=cache,
-                              batch_size=2)
+    first = extract_per_image(
+        unet, schedule, images, timesteps=(50, 150), blocks=(1, 4), cache=cache, batch_size=2
+    )
     assert len(list(cache.dir.glob("*.pt"))) == 3
     assert first[0][(150, 4)].dtype == torch.float16
 
@@ -109,7 +131,9 @@ def test_cache_round_trip(unet, schedule, tmp_path, monkeypatch):
         raise AssertionError("should have been served from the cache")
 
     monkeypatch.setattr(unet, "decoder_features", boom)
-    second = extract_per_image(unet, schedule, images, timesteps=(50, 150), blocks=(1, 4), cache=cache)
+    second = extract_per_image(
+        unet, schedule, images, timesteps=(50, 150), blocks=(1, 4), cache=cache
+    )
     for a, b in zip(first, second):
         assert a.keys() == b.keys()
         for k in a:
@@ -118,6 +142,30 @@ def test_cache_round_trip(unet, schedule, tmp_path, monkeypatch):
     other = FeatureCache(tmp_path, **{**setting, "noise_seed": 1})
     assert other.dir != cache.dir and other.load(images[0]) is None
     assert cache.load(images[0] + 0.01) is None  # another image misses
+
+
+def test_per_image_features_use_the_noise_of_noise_device(unet, schedule):
+    images = list(_images(2))
+    per_image = extract_per_image(
+        unet,
+        schedule,
+        images,
+        timesteps=(50,),
+        blocks=(2,),
+        noise_seed=3,
+        noise_device="cpu",
+        batch_size=1,
+    )
+    noise = shared_noise((3, 16, 24), seed=3, device="cpu")
+    expected = extract_features(unet, schedule, torch.stack(images), (50,), (2,), noise=noise)[
+        (50, 2)
+    ]
+    for i, feats in enumerate(per_image):
+        torch.testing.assert_close(feats[(50, 2)].float(), expected[i], rtol=1e-2, atol=1e-2)
+    other = extract_per_image(
+        unet, schedule, images[:1], timesteps=(50,), blocks=(2,), noise_seed=4, noise_device="cpu"
+    )
+    assert not torch.equal(other[0][(50, 2)], per_image[0][(50, 2)])
 
 
 @pytest.mark.gpu

@@ -32,7 +32,11 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False), which numpy 2 flags; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-DDIM_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]  # diffusers' DDIM has no "sigmoid"
+DDIM_SCHEDULES = [
+    "linear",
+    "scaled_linear",
+    "squaredcos_cap_v2",
+]  # diffusers' DDIM has no "sigmoid"
 ALL_SCHEDULES = DDIM_SCHEDULES + ["sigmoid"]
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -68,7 +72,9 @@ def test_schedule_tables_match(name: str) -> None:
     ref = DDPMScheduler(beta_schedule=name)
     ours = NoiseSchedule.from_name(name, 1000)
     torch.testing.assert_close(ours.betas.float(), ref.betas, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ours.alphas_cumprod.float(), ref.alphas_cumprod, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ours.alphas_cumprod.float(), ref.alphas_cumprod, rtol=2e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -87,10 +93,15 @@ def test_add_noise(name: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 @pytest.mark.parametrize("name", DDIM_SCHEDULES)
-def test_ddim_trajectory(name: str, spacing: str, eta: float, prediction_type: str, dtype: torch.dtype) -> None:
+def test_ddim_trajectory(
+    name: str, spacing: str, eta: float, prediction_type: str, dtype: torch.dtype
+) -> None:
     """A 10-step DDIM trajectory with a fixed fake model, step by step, given the same variance noise."""
     ref = DDIMScheduler(
-        beta_schedule=name, timestep_spacing=spacing, prediction_type=prediction_type, clip_sample=False
+        beta_schedule=name,
+        timestep_spacing=spacing,
+        prediction_type=prediction_type,
+        clip_sample=False,
     )
     ours = _same_tables(ref, name, dtype)
     num_steps = 10
@@ -116,14 +127,19 @@ def test_ddim_trajectory(name: str, spacing: str, eta: float, prediction_type: s
 @pytest.mark.parametrize("name", ALL_SCHEDULES)
 def test_ddpm_step(name: str, prediction_type: str, variance: str, dtype: torch.dtype) -> None:
     ref = DDPMScheduler(
-        beta_schedule=name, prediction_type=prediction_type, variance_type=variance, clip_sample=False
+        beta_schedule=name,
+        prediction_type=prediction_type,
+        variance_type=variance,
+        clip_sample=False,
     )
     ours = _same_tables(ref, name, dtype)
     ref.set_timesteps(1000)
     x64, out64 = _inputs(torch.float64, seed=3)
     x, model_out = x64.to(dtype), out64.to(dtype)
     for t in [999, 500, 37, 1, 0]:
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        noise = torch.randn(
+            x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64
+        )
         gen = torch.Generator().manual_seed(t)  # diffusers draws the same noise from this generator
         expected = ref.step(out64, t, x64, generator=gen).prev_sample
         x0, eps = to_x0_eps(ours, x, t, model_out, prediction_type)
@@ -136,7 +152,9 @@ def test_ddpm_step(name: str, prediction_type: str, variance: str, dtype: torch.
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
 @pytest.mark.parametrize("name", DDIM_SCHEDULES)
-def test_dpm_solver_2m(name: str, prediction_type: str, spacing: str, num_steps: int, dtype: torch.dtype) -> None:
+def test_dpm_solver_2m(
+    name: str, prediction_type: str, spacing: str, num_steps: int, dtype: torch.dtype
+) -> None:
     ref = DPMSolverMultistepScheduler(
         beta_schedule=name, prediction_type=prediction_type, timestep_spacing=spacing
     )
@@ -162,14 +180,23 @@ def test_timesteps_match_diffusers_ddim(spacing: str, num_steps: int) -> None:
     ref = DDIMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
     ref.set_timesteps(num_steps)
     offset = 1 if spacing == "leading" else 0
-    assert sampling_timesteps(1000, num_steps, spacing, steps_offset=offset) == ref.timesteps.tolist()
+    assert (
+        sampling_timesteps(1000, num_steps, spacing, steps_offset=offset) == ref.timesteps.tolist()
+    )
 
 
 def test_diffusiondet_pairs_exact() -> None:
     assert sampling_pairs(1000, 1) == [(999, -1)]
     assert sampling_pairs(1000, 4) == [(999, 749), (749, 499), (499, 249), (249, -1)]
     assert sampling_pairs(1000, 8) == [
-        (999, 874), (874, 749), (749, 624), (624, 499), (499, 374), (374, 249), (249, 124), (124, -1),
+        (999, 874),
+        (874, 749),
+        (749, 624),
+        (624, 499),
+        (499, 374),
+        (374, 249),
+        (249, 124),
+        (124, -1),
     ]
 
 

@@ -37,7 +37,9 @@ def test_alpha_bar_monotone_in_unit_interval(name: str, T: int) -> None:
     assert abar.dtype == torch.float64 and abar.shape == (T,)
     assert (abar > 0).all() and (abar <= 1).all()
     assert (abar[1:] < abar[:-1]).all()
-    torch.testing.assert_close(s.posterior_variance[1:], (1 - abar[:-1]) / (1 - abar[1:]) * s.betas[1:])
+    torch.testing.assert_close(
+        s.posterior_variance[1:], (1 - abar[:-1]) / (1 - abar[1:]) * s.betas[1:]
+    )
 
 
 def test_cosine_matches_closed_form() -> None:
@@ -81,7 +83,9 @@ def test_ddim_eta0_perfect_x0_predictor_returns_x0(steps: int) -> None:
     g = torch.Generator().manual_seed(2)
     x0 = torch.randn(3, 100, 4, generator=g, dtype=torch.float64)
     x_T = torch.randn(3, 100, 4, generator=g, dtype=torch.float64)
-    out = sample_loop(lambda x, t: x0, s, x_T, sampling_pairs(1000, steps), eta=0.0, prediction_type="sample")
+    out = sample_loop(
+        lambda x, t: x0, s, x_T, sampling_pairs(1000, steps), eta=0.0, prediction_type="sample"
+    )
     torch.testing.assert_close(out.prev_sample, x0, rtol=0, atol=1e-12)
 
 
@@ -92,12 +96,27 @@ def test_batch_of_mixed_t_equals_per_sample_calls() -> None:
     x0, eps, z = (torch.randn(3, 2, 3, generator=g) for _ in range(3))
     t, t_prev = torch.tensor([999, 500, 3]), torch.tensor([749, -1, 2])
     batched = ddim_step(s, x, t, t_prev, x0, eps, eta=0.5, noise=z).prev_sample
-    single = [ddim_step(s, x[i : i + 1], t[i : i + 1], t_prev[i : i + 1], x0[i : i + 1], eps[i : i + 1],
-                        eta=0.5, noise=z[i : i + 1]).prev_sample for i in range(3)]
+    single = [
+        ddim_step(
+            s,
+            x[i : i + 1],
+            t[i : i + 1],
+            t_prev[i : i + 1],
+            x0[i : i + 1],
+            eps[i : i + 1],
+            eta=0.5,
+            noise=z[i : i + 1],
+        ).prev_sample
+        for i in range(3)
+    ]
     torch.testing.assert_close(batched, torch.cat(single), rtol=0, atol=0)
     batched = ddpm_step(s, x, t, x0, eps, noise=z).prev_sample
-    single = [ddpm_step(s, x[i : i + 1], t[i : i + 1], x0[i : i + 1], eps[i : i + 1], noise=z[i : i + 1]).prev_sample
-              for i in range(3)]
+    single = [
+        ddpm_step(
+            s, x[i : i + 1], t[i : i + 1], x0[i : i + 1], eps[i : i + 1], noise=z[i : i + 1]
+        ).prev_sample
+        for i in range(3)
+    ]
     torch.testing.assert_close(batched, torch.cat(single), rtol=0, atol=0)
     batched = q_sample(s, x0, t, eps)
     single = [q_sample(s, x0[i : i + 1], t[i : i + 1], eps[i : i + 1]) for i in range(3)]
@@ -109,7 +128,9 @@ def test_ddpm_final_step_adds_no_noise_and_terminal_ddim_is_x0() -> None:
     x, x0, eps = torch.randn(3, 2, 8).unbind(0)
     out = ddpm_step(s, x[None], 0, x0[None], eps[None], noise=torch.full((1, 2, 8), 1e6))
     assert out.prev_sample.abs().max() < 1e3  # the huge noise was masked out at t_prev = -1
-    prev = ddim_step(s, x[None], 10, -1, x0[None], eps[None], eta=1.0, noise=torch.randn(1, 2, 8)).prev_sample
+    prev = ddim_step(
+        s, x[None], 10, -1, x0[None], eps[None], eta=1.0, noise=torch.randn(1, 2, 8)
+    ).prev_sample
     torch.testing.assert_close(prev, x0[None])
 
 
@@ -170,7 +191,12 @@ def test_losses_and_weights() -> None:
     torch.testing.assert_close(per_sample_mse(pred, target), torch.tensor([1.0, 4.0]))
     g = torch.Generator().manual_seed(0)
     ts = sample_timesteps(10_000, 1000, generator=g)
-    assert ts.dtype == torch.long and ts.min() >= 0 and ts.max() <= 999 and 450 < ts.float().mean() < 550
+    assert (
+        ts.dtype == torch.long
+        and ts.min() >= 0
+        and ts.max() <= 999
+        and 450 < ts.float().mean() < 550
+    )
     c, u = torch.ones(2), torch.zeros(2)
     torch.testing.assert_close(classifier_free_guidance(c, u, 3.0), torch.full((2,), 4.0))
 
@@ -184,8 +210,15 @@ def test_sample_loop_callback_replaces_state() -> None:
         return torch.zeros_like(state.step.prev_sample)
 
     inputs = []
-    sample_loop(lambda x, t: inputs.append(x.clone()) or x, s, torch.ones(2, 3), sampling_pairs(1000, 3),
-                eta=0.0, callback=callback, prediction_type="sample")
+    sample_loop(
+        lambda x, t: inputs.append(x.clone()) or x,
+        s,
+        torch.ones(2, 3),
+        sampling_pairs(1000, 3),
+        eta=0.0,
+        callback=callback,
+        prediction_type="sample",
+    )
     assert seen == [(0, 999, 665), (1, 665, 332), (2, 332, -1)]
     assert all(bool((x == 0).all()) for x in inputs[1:])
 
@@ -193,12 +226,27 @@ def test_sample_loop_callback_replaces_state() -> None:
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda s, x: NoiseSchedule.from_name("cosine_typo", 10), "unknown noise schedule 'cosine_typo'"),
-        (lambda s, x: q_sample(s, x, torch.tensor([0, 10]), torch.zeros_like(x)), "t value 10 is outside"),
-        (lambda s, x: q_sample(s, x, torch.tensor([-1, 0]), torch.zeros_like(x)), "t value -1 is outside"),
+        (
+            lambda s, x: NoiseSchedule.from_name("cosine_typo", 10),
+            "unknown noise schedule 'cosine_typo'",
+        ),
+        (
+            lambda s, x: q_sample(s, x, torch.tensor([0, 10]), torch.zeros_like(x)),
+            "t value 10 is outside",
+        ),
+        (
+            lambda s, x: q_sample(s, x, torch.tensor([-1, 0]), torch.zeros_like(x)),
+            "t value -1 is outside",
+        ),
         (lambda s, x: q_sample(s, x, torch.tensor([0, 1]), torch.zeros(2, 4)), "noise shape"),
-        (lambda s, x: q_sample(s, x, torch.tensor([0, 1, 2]), torch.zeros_like(x)), r"shape \(2,\)"),
-        (lambda s, x: q_sample(s, x, torch.tensor([0.5, 1.0]), torch.zeros_like(x)), "integer timesteps"),
+        (
+            lambda s, x: q_sample(s, x, torch.tensor([0, 1, 2]), torch.zeros_like(x)),
+            r"shape \(2,\)",
+        ),
+        (
+            lambda s, x: q_sample(s, x, torch.tensor([0.5, 1.0]), torch.zeros_like(x)),
+            "integer timesteps",
+        ),
         (lambda s, x: ddim_step(s, x, 5, 5, x, x), "t_prev must be < t"),
         (lambda s, x: ddim_step(s, x, 5, -2, x, x), "t_prev value -2"),
         (lambda s, x: ddim_step(s, x, 5, 1, x, x[:, :2]), "must match x_t"),
@@ -206,7 +254,10 @@ def test_sample_loop_callback_replaces_state() -> None:
         (lambda s, x: to_x0_eps(s, x, 1, x, "eps"), "unknown prediction_type 'eps'"),
         (lambda s, x: sampling_pairs(10, 11), "num_steps must be in"),
         (lambda s, x: sampling_pairs(10, 2, "uniform"), "unknown spacing 'uniform'"),
-        (lambda s, x: NoiseSchedule.from_betas([0.1, 1.5]), r"every beta must be in \(0, 1\]; found 1.5"),
+        (
+            lambda s, x: NoiseSchedule.from_betas([0.1, 1.5]),
+            r"every beta must be in \(0, 1\]; found 1.5",
+        ),
         (lambda s, x: NoiseSchedule.from_name("linear", 10, beta_stop=0.1), "bad parameters"),
     ],
 )

@@ -113,9 +113,7 @@ def test_cli_coco_and_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000" in text
     out = json.loads((tmp_path / "out.json").read_text())
-    assert (
-        out["stats"]["AP"] > 0.999 and out["per_category"]["cat"] == out["stats"]["AP"]
-    )  # eps quirk: 1 - 2**-52
+    assert out["AP"] > 0.999 and out["per_class"]["cat"] == out["AP"]  # eps quirk: 1 - 2**-52
     (tmp_path / "bad.json").write_text(json.dumps([det(score=None)]))
     assert (
         main(
@@ -169,7 +167,7 @@ def test_cli_lvis_and_cityscapes(tmp_path, capsys):
         == 0
     )
     assert "catIds=  f] =" in capsys.readouterr().out
-    assert set(json.loads((tmp_path / "lvis_out.json").read_text())["results"]) >= {
+    assert set(json.loads((tmp_path / "lvis_out.json").read_text())) >= {
         "APr",
         "APc",
         "APf",
@@ -201,15 +199,75 @@ def test_cli_lvis_and_cityscapes(tmp_path, capsys):
     )
     assert "Score Average" in capsys.readouterr().out
     out = json.loads((tmp_path / "cs.json").read_text())
-    assert {
-        "averageScoreClasses",
-        "averageScoreInstClasses",
-        "averageScoreCategories",
-        "classScores",
-    } <= set(out)
+    assert {"mIoU", "iIoU", "mIoU_category", "iIoU_category", "per_class"} <= set(out)
     (tmp_path / "pred" / "ulm_000001_000019_leftImg8bit.png").unlink()
     assert (
         main(["cityscapes", "--gt", str(tmp_path / "gtFine"), "--pred", str(tmp_path / "pred")])
         == 2
     )
     assert "no prediction PNG for frame ulm_000001_000019" in capsys.readouterr().err
+
+
+# --- issue 13: one rule for numbers (JSON numbers only), every bad entry named -----------------------
+
+
+def test_empty_bbox_in_a_middle_entry_names_the_entry(tmp_path):
+    dets = [det(), det(), det(bbox=[]), det()]
+    with pytest.raises(ValueError, match=r"result #2 \(image_id=1\) has bbox \[\]"):
+        evaluate(GT, dets, device="cpu")
+    (tmp_path / "dt.json").write_text(
+        json.dumps(dets)
+    )  # the file path takes the fast decoder first
+    with pytest.raises(ValueError, match=r"dt.json: result #2 \(image_id=1\) has bbox \[\]"):
+        evaluate(GT, str(tmp_path / "dt.json"), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"score": "0.9"}, r"result #1 \(image_id=1\) has score '0.9'; expected a finite number"),
+        (
+            {"bbox": ["5", 5.0, 20.0, 20.0]},
+            r"result #1 \(image_id=1\) has bbox \['5', 5.0, 20.0, 20.0\]",
+        ),
+        ({"score": True}, r"result #1 \(image_id=1\) has score True"),
+    ],
+)
+def test_numeric_strings_are_refused_in_results(tmp_path, bad, match):
+    dets = [det(), det(**bad)]
+    with pytest.raises(ValueError, match=match):
+        evaluate(GT, dets, device="cpu")
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    with pytest.raises(ValueError, match=match):
+        evaluate(GT, str(tmp_path / "dt.json"), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("area", "400", r"annotation #0 \(id=1\) has area '400'; expected a finite number"),
+        ("bbox", [5, 5, "20", 20], r"annotation #0 \(id=1\) has bbox \[5, 5, '20', 20\]"),
+        ("bbox", [5, 5, float("nan"), 20], r"annotation #0 \(id=1\) has bbox \[5, 5, nan, 20\]"),
+        ("area", float("nan"), r"annotation #0 \(id=1\) has area nan"),
+    ],
+)
+def test_gt_numbers_strings_and_nan_are_refused(tmp_path, field, value, match):
+    bad_gt = json.loads(json.dumps(GT))
+    bad_gt["annotations"][0][field] = value
+    with pytest.raises(ValueError, match=match):
+        evaluate(bad_gt, [det()], device="cpu")
+    (tmp_path / "gt.json").write_text(json.dumps(bad_gt))  # Python writes NaN as a bare token
+    with pytest.raises(ValueError, match="gt.json: " + match):
+        evaluate(str(tmp_path / "gt.json"), [det()], device="cpu")
+
+
+def test_nan_token_in_results_file_names_the_entry(tmp_path):
+    (tmp_path / "dt.json").write_text(json.dumps([det(), det(score=float("nan"))]))
+    with pytest.raises(ValueError, match=r"dt.json: result #1 \(image_id=1\) has score nan"):
+        evaluate(GT, str(tmp_path / "dt.json"), device="cpu")
+
+
+def test_truncated_results_file_names_the_file(tmp_path):
+    (tmp_path / "dt.json").write_text(json.dumps([det(), det()])[:-7])
+    with pytest.raises(ValueError, match=r"dt.json: not valid JSON"):
+        evaluate(GT, str(tmp_path / "dt.json"), device="cpu")

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from evaluation.cityscapes import LABELS, CityscapesEvaluator, evaluate_dirs, find_frames
@@ -51,6 +52,20 @@ def assert_same(ours: dict, ref: dict) -> None:
     assert ours["confMatrix"] == ref["confMatrix"]
 
 
+def feed(ev, pred, gt, inst, name):
+    """One frame into the evaluator, with either process() signature (arrays, or the protocol's
+    inputs / outputs dicts)."""
+    import inspect
+
+    if "inputs" in inspect.signature(ev.process).parameters:
+        inp = {"sem_seg": gt, "file_name": name}
+        if inst is not None:
+            inp["instances"] = inst
+        ev.process([inp], [{"sem_seg": pred}])
+    else:
+        ev.process(pred, gt, inst, name=name)
+
+
 def test_synthetic_frames_labelids_and_trainids(tmp_path):
     rng = np.random.default_rng(0)
     frames = [synthetic_frame(rng) for _ in range(6)]
@@ -68,11 +83,11 @@ def test_synthetic_frames_labelids_and_trainids(tmp_path):
     # the same frames through the streaming API with trainId predictions (void predictions -> unlabeled)
     ev = CityscapesEvaluator(pred_ids="train", device="cpu")
     for (_pred, gt, inst), (p, _g) in sorted(zip(frames, paths), key=lambda x: str(x[1][1])):
-        ev.process(TRAIN_IDS[np.array(Image.open(p))], gt, inst)
+        feed(ev, TRAIN_IDS[np.array(Image.open(p))], gt, inst, p.name)
     ref_t = cityscapes_eval(
         *_trainid_roundtrip(tmp_path, sorted(paths, key=lambda x: str(x[1]))), tmp_path
     )
-    assert_same(ev.evaluate(), ref_t)
+    assert_same(ev.official(), ref_t)
 
 
 def _trainid_roundtrip(tmp_path, paths):
@@ -117,7 +132,62 @@ def test_missing_prediction_and_bad_values(tmp_path):
     ev = CityscapesEvaluator(device="cpu")
     gt = np.full((4, 4), 7, np.uint8)
     with pytest.raises(ValueError, match="outside labelIds"):
-        ev.process(np.full((4, 4), 255, np.uint8), gt, name="f1")
+        feed(ev, np.full((4, 4), 255, np.uint8), gt, None, "f1")
     with pytest.raises(ValueError, match="unknown labelId"):
-        ev.process(gt, np.full((4, 4), 40, np.uint8), name="f2")
+        feed(ev, gt, np.full((4, 4), 40, np.uint8), None, "f2")
     shutil.rmtree(tmp_path / "pred")
+
+
+def test_counting_paths_agree():
+    """numba one-pass kernel (when installed), numpy 16-bit codes, and the torch path CUDA uses: the
+    same integers; out-of-range values raise the same named errors on every path."""
+    from evaluation import pixel_counts
+    from evaluation.cityscapes import _frame_stats_cpu, _frame_stats_torch, frame_stats
+
+    rng = np.random.default_rng(7)
+    for h, w in ((96, 160), (96, 160), (37, 53), (64, 64)):  # 8-pixel blocks and an odd size
+        pred, gt, inst = synthetic_frame(rng, h, w)
+        for p in (pred, pred.astype(np.uint16), pred.astype(np.float32)):
+            args = [torch.from_numpy(p), torch.from_numpy(gt), torch.from_numpy(inst)]
+            c1, r1 = frame_stats(*args)
+            c2, r2 = _frame_stats_torch(*args, "x")
+            c3, r3 = _frame_stats_cpu(p.astype(np.int64), gt, inst, "x")
+            assert torch.equal(c1, c2) and torch.equal(r1, r2)
+            assert torch.equal(c1, c3) and torch.equal(r1, r3)
+            assert r1.shape[0] > 0
+    if pixel_counts.count_frame is not None:
+        status, conf, ids, hist = pixel_counts.count_frame(pred, gt, inst)
+        assert (
+            status == 0
+            and int(conf.sum()) == gt.size
+            and int(hist.sum()) == int((inst > 1000).sum())
+        )
+        assert ids.tolist() == sorted(set(np.unique(inst[inst > 1000]).tolist()))
+    bad = inst.astype(np.int32)
+    bad[3, 4] = 34001
+    with pytest.raises(ValueError, match="f.png: instance id 34001 has unknown labelId"):
+        frame_stats(torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(bad), "f.png")
+    bad[3, 4] = -2
+    with pytest.raises(ValueError, match="f.png: instance map: value -2"):
+        frame_stats(torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(bad), "f.png")
+    good = [torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(inst)]
+    c1, r1 = frame_stats(*good)  # the reused per-thread buffers are clean after a failed frame
+    c2, r2 = _frame_stats_torch(*good, "x")
+    assert torch.equal(c1, c2) and torch.equal(r1, r2)
+    badp = pred.copy()
+    badp[0, 0] = 40
+    with pytest.raises(ValueError, match="f.png: prediction outside labelIds 0..33: value 40"):
+        frame_stats(torch.from_numpy(badp), torch.from_numpy(gt), torch.from_numpy(inst), "f.png")
+
+
+@pytest.mark.gpu
+def test_cuda_equals_cpu():
+    rng = np.random.default_rng(8)
+    frames = [synthetic_frame(rng) for _ in range(3)]
+    out = []
+    for dev in ("cpu", "cuda"):
+        ev = CityscapesEvaluator(device=dev)
+        for k, (pred, gt, inst) in enumerate(frames):
+            feed(ev, pred, gt, inst, f"frame{k}.png")
+        out.append(ev.official())
+    assert_same(out[1], out[0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.coco import COCOEvaluator, evaluate, format_stats
+from evaluation.coco import STAT_NAMES, COCOEvaluator, evaluate, format_table
 from tests.evaluation.oracles import assert_bytes_equal, coco_eval
 from tests.evaluation.synth import jittered_dets
 
@@ -28,11 +28,17 @@ def coco_gt(shared_data) -> dict:
 
 
 def assert_equal_to_oracle(gt, dets, iou_type="bbox", device="cpu", **kw):
-    ours = evaluate(gt, copy.deepcopy(dets), iou_type=iou_type, device=device, **kw)
+    """Byte equality with pycocotools, for the compiled CPU kernel (or CUDA) and the torch path."""
     ref = coco_eval(gt, dets, iou_type, **kw)
-    for key in ("precision", "recall", "scores"):
-        assert_bytes_equal(ours[key], ref.eval[key], key)
-    assert ours["stats"] == [float(v) for v in ref.stats]
+    kernels = ("auto", "torch") if torch.device(device).type == "cpu" else ("auto",)
+    for kernel in kernels:
+        ours = evaluate(
+            gt, copy.deepcopy(dets), iou_type=iou_type, device=device, kernel=kernel, **kw
+        )
+        for key in ("precision", "recall", "scores"):
+            assert_bytes_equal(ours[key], ref.eval[key], f"{key} ({kernel})")
+        assert ours["stats"] == [float(v) for v in ref.stats]
+        assert [ours[k] for k in STAT_NAMES] == ours["stats"]
     return ours, ref
 
 
@@ -60,7 +66,7 @@ def test_jittered_with_ties_crowd_and_empty_images(coco_gt, seed, device):
     assert any(a["iscrowd"] for a in coco_gt["annotations"])
     ours, _ = assert_equal_to_oracle(coco_gt, dets, device=device)
     assert (ours["precision"] == -1).any() and (ours["precision"] > 0).any()
-    assert set(ours["per_category"]) == {c["name"] for c in coco_gt["categories"]}
+    assert set(ours["per_class"]) == {c["name"] for c in coco_gt["categories"]}
 
 
 def test_more_than_100_detections_per_cell_and_custom_max_dets(coco_gt, device):
@@ -198,14 +204,14 @@ def test_evaluator_streaming_matches_results_json(coco_gt, device):
     records = ev.results()
     assert max(sum(r["image_id"] == i for r in records) for i in by_img) <= 50
     ref = coco_eval(coco_gt, records)
-    assert res["stats"] == [float(v) for v in ref.stats]
-    assert res["bbox"]["AP"] == pytest.approx(100 * ref.stats[0], abs=0, rel=1e-15)
+    assert [res[k] for k in STAT_NAMES] == [float(v) for v in ref.stats]
+    assert set(res) == {*STAT_NAMES, "per_class"}  # the protocol's flat result, fractions
     ev.reset()
     assert ev.results() == []
 
 
-def test_format_stats_table():
-    text = format_stats([0.5] * 12)
+def test_format_table():
+    text = format_table(dict(zip(STAT_NAMES, [0.5] * 12)))
     lines = text.splitlines()
     assert len(lines) == 12
     assert (
@@ -246,7 +252,7 @@ def test_evaluator_segm_masks(coco_gt, device):
         ev.process([{"image_id": im["id"]}], [out])
     res = ev.evaluate()
     ref = coco_eval(coco_gt, ev.results(), "segm")
-    assert res["stats"] == [float(v) for v in ref.stats]
+    assert [res[k] for k in STAT_NAMES] == [float(v) for v in ref.stats]
 
 
 def test_cli_class_agnostic_equals_pycocotools_usecats_0(coco_gt, tmp_path, capsys):
@@ -259,14 +265,25 @@ def test_cli_class_agnostic_equals_pycocotools_usecats_0(coco_gt, tmp_path, caps
         d["category_id"] = int(rng.choice(cat_ids))
     (tmp_path / "gt.json").write_text(json.dumps(coco_gt))
     (tmp_path / "dt.json").write_text(json.dumps(dets))
-    args = ["coco", "--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json"),
-            "--device", "cpu", "--json", str(tmp_path / "out.json")]
+    args = [
+        "coco",
+        "--gt",
+        str(tmp_path / "gt.json"),
+        "--dt",
+        str(tmp_path / "dt.json"),
+        "--device",
+        "cpu",
+        "--json",
+        str(tmp_path / "out.json"),
+    ]
     assert main([*args, "--class-agnostic"]) == 0
     agnostic = json.loads((tmp_path / "out.json").read_text())
     assert agnostic["class_agnostic"] is True
-    assert list(agnostic["stats"].values()) == [float(v) for v in coco_eval(coco_gt, dets, use_cats=False).stats]
+    assert [agnostic[k] for k in STAT_NAMES] == [
+        float(v) for v in coco_eval(coco_gt, dets, use_cats=False).stats
+    ]
     assert main(args) == 0
     aware = json.loads((tmp_path / "out.json").read_text())
-    assert list(aware["stats"].values()) == [float(v) for v in coco_eval(coco_gt, dets).stats]
-    assert aware["stats"]["AP"] < agnostic["stats"]["AP"]
+    assert [aware[k] for k in STAT_NAMES] == [float(v) for v in coco_eval(coco_gt, dets).stats]
+    assert aware["AP"] < agnostic["AP"]
     capsys.readouterr()

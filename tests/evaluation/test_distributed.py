@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from evaluation.coco import COCOEvaluator
+from evaluation.coco import STAT_NAMES, COCOEvaluator
 from evaluation.semseg import SemSegEvaluator
 
 
@@ -37,11 +37,13 @@ def _worker(rank: int, world: int, init: str, gt: dict, out_path: str) -> None:
     for i, (img_id, out) in enumerate(_outputs(gt)):
         if i % world == rank:
             ev.process([{"image_id": img_id}], [out])
-            seg.process(torch.full((2, 2), i % 3), torch.full((2, 2), 1))
+            seg.process(
+                [{"sem_seg": torch.full((2, 2), 1)}], [{"sem_seg": torch.full((2, 2), i % 3)}]
+            )
     res, sres = ev.evaluate(), seg.evaluate()
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"stats": res["stats"], "miou": sres["miou"]}, f)
+            json.dump({"stats": [res[k] for k in STAT_NAMES], "miou": sres["mIoU"]}, f)
     else:
         assert res == {} and sres == {}
     dist.destroy_process_group()
@@ -58,6 +60,7 @@ def test_two_ranks_equal_single_process(shared_data, tmp_path):
     seg = SemSegEvaluator(3, 255, device="cpu")
     for i, (img_id, out) in enumerate(_outputs(gt)):
         ev.process([{"image_id": img_id}], [out])
-        seg.process(torch.full((2, 2), i % 3), torch.full((2, 2), 1))
-    assert got["stats"] == ev.evaluate()["stats"]
-    assert got["miou"] == seg.evaluate()["miou"]
+        seg.process([{"sem_seg": torch.full((2, 2), 1)}], [{"sem_seg": torch.full((2, 2), i % 3)}])
+    res = ev.evaluate()
+    assert got["stats"] == [res[k] for k in STAT_NAMES]
+    assert got["miou"] == seg.evaluate()["mIoU"]

@@ -43,7 +43,10 @@ def test_trainid_miou_equals_cityscapes_class_iou(tmp_path, device):
         keep = rng.random(gt.shape) < 0.6
         pred_t[keep] = np.where(LABEL_TO_TRAIN[gt[keep]] == 255, 0, LABEL_TO_TRAIN[gt[keep]])
         pred_t[pred_t == 9] = 10  # terrain never predicted
-        ev.process(torch.from_numpy(pred_t)[None], torch.from_numpy(LABEL_TO_TRAIN[gt])[None])
+        ev.process(
+            [{"sem_seg": torch.from_numpy(LABEL_TO_TRAIN[gt])}],
+            [{"sem_seg": torch.from_numpy(pred_t)}],
+        )
         Image.fromarray(TRAIN_TO_LABEL[pred_t]).save(tmp_path / f"p{i}_pred.png")
         Image.fromarray(gt).save(tmp_path / f"g{i}_gt.png")
         preds.append(tmp_path / f"p{i}_pred.png")
@@ -53,7 +56,8 @@ def test_trainid_miou_equals_cityscapes_class_iou(tmp_path, device):
     for name, iou in out["per_class"].items():
         r = ref["classScores"][name]
         assert (math.isnan(iou) and math.isnan(r)) or iou == r, name
-    assert out["miou"] == ref["averageScoreClasses"]
+    assert out["mIoU"] == ref["averageScoreClasses"]
+    assert set(out) == {"mIoU", "mean_acc", "pixel_acc", "per_class"}
 
 
 def test_confusion_matrix_ignore_and_errors():
@@ -93,13 +97,13 @@ def test_ddpmseg_mode_quirks(device):
     assert out["iou"][-1] == 0.0 and len(out["iou"]) == 6
     ev = SemSegEvaluator(7, 0, mode="ddpmseg", device=device)
     for p, g in zip(preds, gts):
-        ev.process(torch.from_numpy(p), torch.from_numpy(g))
-    assert ev.evaluate()["miou"] == out["miou"]
+        ev.process_arrays(torch.from_numpy(p), torch.from_numpy(g))
+    assert ev.evaluate()["mIoU"] == out["miou"]
     # standard mode drops the ignored GT pixels and skips the absent class instead
     std = SemSegEvaluator(7, 0, device=device)
     for p, g in zip(preds, gts):
-        std.process(p, g)
-    assert math.isnan(std.evaluate()["iou"][6])
+        std.process([{"sem_seg": g}], [{"sem_seg": p}])
+    assert math.isnan(std.evaluate()["per_class"]["6"])
 
 
 def test_camvid_style_k_classes(shared_data, device):
@@ -113,11 +117,10 @@ def test_camvid_style_k_classes(shared_data, device):
         pred = np.where(
             rng.random(lab.shape) < 0.8, np.minimum(lab, 10), rng.integers(0, 11, lab.shape)
         )
-        ev.process(pred, lab)
+        ev.process([{"sem_seg": lab, "file_name": line.split()[1]}], [{"sem_seg": pred}])
         m = lab != 11
         total += torch.from_numpy(
             np.bincount(lab[m].astype(np.int64) * 11 + pred[m], minlength=121).reshape(11, 11)
         )
-    out = ev.evaluate()
-    assert torch.equal(out["confusion"], total)
-    assert 0.0 < out["miou"] < 1.0
+    assert torch.equal(ev.counts(), total)
+    assert 0.0 < ev.evaluate()["mIoU"] < 1.0

@@ -60,7 +60,9 @@ def test_yaml_deltas_base_and_overrides(tmp_path: Path) -> None:
         ("- 1\n", [], "top level must be a mapping"),
     ],
 )
-def test_bad_config_names_key_and_file(tmp_path: Path, text: str, overrides: list[str], match: str) -> None:
+def test_bad_config_names_key_and_file(
+    tmp_path: Path, text: str, overrides: list[str], match: str
+) -> None:
     (tmp_path / "exp.yaml").write_text(text)
     with pytest.raises(ValueError, match=match):
         load_config(Cfg, tmp_path / "exp.yaml", overrides)
@@ -90,7 +92,9 @@ def test_checkpoint_atomic_and_latest(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(state, tmp_path / "checkpoint_12.pt")
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "checkpoint_12.pt")["iter"] == 12  # the old file survived intact
+    assert (
+        load_checkpoint(tmp_path / "checkpoint_12.pt")["iter"] == 12
+    )  # the old file survived intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_12.pt", "checkpoint_7.pt"]
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt"):

@@ -1,4 +1,5 @@
-"""The generic denoising trainer: loss target, one step through the kernel, EMA warm-up, sampling, PNG grid."""
+"""The generic denoising trainer: loss target, one step through the kernel, EMA warm-up, sampling,
+PNG grid."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from PIL import Image
 from torch import nn
 
 from diffusion_core import NoiseSchedule, q_sample
-from tasks.common.denoising import denoising_train_step, diffusion_loss, sample_images, save_image_grid
+from tasks.common.denoising import (
+    denoising_train_step,
+    diffusion_loss,
+    sample_images,
+    save_image_grid,
+)
 from tasks.common.ema import ModelEMA
 from tasks.common.training import NonFiniteLossError
 
@@ -39,7 +45,10 @@ def test_loss_is_mse_to_the_noise_and_ignores_extra_channels():
             assert torch.equal(tt, t) and torch.allclose(x, x_t)
             return torch.cat([noise, torch.full_like(noise, 1e3)], dim=1)
 
-    assert float(diffusion_loss(Oracle(), SCHEDULE, x0, generator=torch.Generator().manual_seed(0))) == 0.0
+    assert (
+        float(diffusion_loss(Oracle(), SCHEDULE, x0, generator=torch.Generator().manual_seed(0)))
+        == 0.0
+    )
 
     class Zero(nn.Module):
         def forward(self, x, tt):
@@ -63,8 +72,16 @@ def test_train_step_learns_updates_ema_with_warmup_and_stops_on_nan():
     x0 = torch.rand(8, 3, 8, 8) * 2 - 1
     losses = []
     for it in range(30):
-        logs = denoising_train_step(model, opt, SCHEDULE, x0, iteration=it, ema=ema,
-                                    generator=torch.Generator().manual_seed(it), clip_grad_norm=1.0)
+        logs = denoising_train_step(
+            model,
+            opt,
+            SCHEDULE,
+            x0,
+            iteration=it,
+            ema=ema,
+            generator=torch.Generator().manual_seed(it),
+            clip_grad_norm=1.0,
+        )
         losses.append(logs["diffusion_loss"])
         assert set(logs) == {"diffusion_loss", "total_loss", "grad_norm"}
     assert np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -62,8 +62,13 @@ def test_optimizer_step_clips_to_the_given_norm() -> None:
 def test_non_finite_loss_names_every_term_and_iteration_and_steps_nothing() -> None:
     model, opt, _ = _setup()
     before = [p.detach().clone() for p in model.parameters()]
-    losses = {"loss_ce": torch.tensor(0.25, requires_grad=True), "loss_giou": torch.tensor(float("nan"))}
-    with pytest.raises(NonFiniteLossError, match=r"iteration 17.*loss_ce=0\.25.*loss_giou=nan") as info:
+    losses = {
+        "loss_ce": torch.tensor(0.25, requires_grad=True),
+        "loss_giou": torch.tensor(float("nan")),
+    }
+    with pytest.raises(
+        NonFiniteLossError, match=r"iteration 17.*loss_ce=0\.25.*loss_giou=nan"
+    ) as info:
         optimizer_step(losses, opt, iteration=17)
     assert isinstance(info.value, FloatingPointError) and info.value.iteration == 17
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -85,15 +90,24 @@ def test_checkpoint_schema_and_exact_continuation(tmp_path: Path) -> None:
         _step(model, opt, ema, it)
     state = TrainState(iteration=3, epoch=1, batch_in_epoch=2)
     path = save_training_state(
-        tmp_path / "c.pt", model=model, optimizer=opt, ema=ema, state=state,
-        config={"a": 1}, extra={"label_map": {"names": ["x"]}},
+        tmp_path / "c.pt",
+        model=model,
+        optimizer=opt,
+        ema=ema,
+        state=state,
+        config={"a": 1},
+        extra={"label_map": {"names": ["x"]}},
     )
     assert set(torch.load(path, weights_only=True)) == set(CHECKPOINT_KEYS)
     expected = [_step(model, opt, ema, it) for it in range(3, 6)]
 
     model2, opt2, ema2 = _setup(seed=123)  # different init: everything must come from the file
     restored, ckpt = restore_training_state(path, model=model2, optimizer=opt2, ema=ema2)
-    assert restored == state and ckpt["extra"]["label_map"] == {"names": ["x"]} and ckpt["config"] == {"a": 1}
+    assert (
+        restored == state
+        and ckpt["extra"]["label_map"] == {"names": ["x"]}
+        and ckpt["config"] == {"a": 1}
+    )
     got = [_step(model2, opt2, ema2, it) for it in range(3, 6)]
     assert got == expected  # bit-equal losses: data RNG, optimiser moments, weights all restored
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
@@ -107,7 +121,9 @@ def test_restore_refuses_foreign_files_and_missing_ema(tmp_path: Path) -> None:
     save_checkpoint({"model": model.state_dict()}, tmp_path / "weights.pt")
     with pytest.raises(ValueError, match=r"weights.pt.*not a training checkpoint"):
         restore_training_state(tmp_path / "weights.pt", model=model, optimizer=opt)
-    save_training_state(tmp_path / "c.pt", model=model, optimizer=opt, state=TrainState(), config={})
+    save_training_state(
+        tmp_path / "c.pt", model=model, optimizer=opt, state=TrainState(), config={}
+    )
     with pytest.raises(ValueError, match="ema"):
         restore_training_state(tmp_path / "c.pt", model=model, optimizer=opt, ema=ema)
 
@@ -122,7 +138,9 @@ def test_run_dir_refuses_another_run_and_checks_config_on_resume(tmp_path: Path)
     changed = {"solver": {"lr": 0.2, "steps": [1, 2]}, "output_dir": str(out)}
     with pytest.raises(RunDirError, match=r"solver\.lr: 0\.1 -> 0\.2"):
         prepare_run_dir(out, config=changed, resume=True)
-    assert yaml.safe_load((out / "config.yaml").read_text()) == cfg  # not overwritten before failing
+    assert (
+        yaml.safe_load((out / "config.yaml").read_text()) == cfg
+    )  # not overwritten before failing
     save_checkpoint({"x": 1}, out / "checkpoint_0000010.pt")
     assert prepare_run_dir(out, config=cfg, resume=True) == out / "checkpoint_0000010.pt"
     assert prepare_run_dir(out, config=changed, resume=False, overwrite=True) is None
@@ -130,14 +148,19 @@ def test_run_dir_refuses_another_run_and_checks_config_on_resume(tmp_path: Path)
     assert yaml.safe_load((out / "config.yaml").read_text()) == changed
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint_and_orphan_tmp_files(tmp_path: Path, caplog) -> None:
+def test_resume_skips_a_corrupt_newest_checkpoint_and_orphan_tmp_files(
+    tmp_path: Path, caplog
+) -> None:
     save_checkpoint({"x": 1}, tmp_path / "checkpoint_0000010.pt")
     (tmp_path / "checkpoint_0000020.pt").write_bytes(b"truncated")
     orphan = tmp_path / ".checkpoint_0000030.pt.abc123.tmp"
     orphan.write_bytes(b"half")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"a": 1}))
     with caplog.at_level(logging.WARNING):
-        assert prepare_run_dir(tmp_path, config={"a": 1}, resume=True) == tmp_path / "checkpoint_0000010.pt"
+        assert (
+            prepare_run_dir(tmp_path, config={"a": 1}, resume=True)
+            == tmp_path / "checkpoint_0000010.pt"
+        )
     assert "checkpoint_0000020.pt" in caplog.text
     assert not orphan.exists()
     assert latest_loadable_checkpoint(tmp_path / "nothing") is None
@@ -166,7 +189,13 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path: Path) -> None:
     writer.write({"type": "train", "total_loss": 0.5, "lr": 1e-3, "per_class": {"a": 1.0}}, step=7)
     writer.close()
     record = json.loads((tmp_path / "log.jsonl").read_text())
-    assert record == {"iteration": 7, "type": "train", "total_loss": 0.5, "lr": 1e-3, "per_class": {"a": 1.0}}
+    assert record == {
+        "iteration": 7,
+        "type": "train",
+        "total_loss": 0.5,
+        "lr": 1e-3,
+        "per_class": {"a": 1.0},
+    }
     if writer.tensorboard_enabled or list((tmp_path / "tb").glob("events.*")):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -174,3 +203,15 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path: Path) -> None:
         acc.Reload()
         assert {"train/total_loss", "train/lr"} <= set(acc.Tags()["scalars"])
         assert acc.Scalars("train/total_loss")[0].step == 7
+
+
+def test_config_yaml_reads_off_and_no_as_strings(tmp_path: Path) -> None:
+    from tasks.common.config import load_yaml_deltas, parse_overrides
+
+    assert parse_overrides(["solver.amp=off", "x=true", "y=no"]) == {
+        "solver": {"amp": "off"},
+        "x": True,
+        "y": "no",
+    }
+    (tmp_path / "c.yaml").write_text("amp: off\nema: false\n")
+    assert load_yaml_deltas(tmp_path / "c.yaml") == {"amp": "off", "ema": False}

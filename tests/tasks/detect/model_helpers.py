@@ -11,9 +11,18 @@ from tasks.detect.model import DiffusionDet, build_detector
 def tiny_config(num_classes: int = 3, num_proposals: int = 16, num_stages: int = 2) -> DetectConfig:
     cfg = DetectConfig()
     m = cfg.model
-    m.backbone.name, m.backbone.pretrained, m.backbone.norm, m.backbone.freeze_at = "resnet18", False, "bn", 0
+    m.backbone.name, m.backbone.pretrained, m.backbone.norm, m.backbone.freeze_at = (
+        "resnet18",
+        False,
+        "bn",
+        0,
+    )
     m.backbone.fpn_channels = m.head.hidden_dim = 32
-    m.head.num_classes, m.head.num_proposals, m.head.num_stages = num_classes, num_proposals, num_stages
+    m.head.num_classes, m.head.num_proposals, m.head.num_stages = (
+        num_classes,
+        num_proposals,
+        num_stages,
+    )
     m.head.num_attn_heads, m.head.dim_feedforward, m.head.dim_dynamic = 4, 64, 8
     return cfg
 

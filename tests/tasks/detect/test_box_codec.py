@@ -44,11 +44,15 @@ def test_giou_matches_torchvision_on_valid_boxes() -> None:
     iou, giou = bc.pairwise_iou_giou(a, b)
     torch.testing.assert_close(iou, box_iou(a, b))
     torch.testing.assert_close(giou, generalized_box_iou(a, b))
-    torch.testing.assert_close(bc.elementwise_giou(a[:5], b), torch.diag(generalized_box_iou(a[:5], b)))
+    torch.testing.assert_close(
+        bc.elementwise_giou(a[:5], b), torch.diag(generalized_box_iou(a[:5], b))
+    )
 
 
 def test_giou_finite_on_degenerate_boxes() -> None:
-    a = torch.tensor([[10.0, 10, 5, 5], [3, 3, 3, 3], [0, 0, 1e30, 1e30], [7, 8, 7, 20]], requires_grad=True)
+    a = torch.tensor(
+        [[10.0, 10, 5, 5], [3, 3, 3, 3], [0, 0, 1e30, 1e30], [7, 8, 7, 20]], requires_grad=True
+    )
     b = torch.tensor([[0.0, 0, 10, 10], [3, 3, 3, 3], [1, 1, 2, 2], [0, 0, 0, 0]])
     giou = bc.elementwise_giou(a, b)
     assert torch.isfinite(giou).all() and (giou <= 1).all() and (giou >= -1).all()
@@ -57,4 +61,6 @@ def test_giou_finite_on_degenerate_boxes() -> None:
     iou, pg = bc.pairwise_iou_giou(a.detach(), b)
     assert torch.isfinite(iou).all() and torch.isfinite(pg).all()
     # a reversed box is treated as its ordered version
-    torch.testing.assert_close(giou[0], bc.elementwise_giou(torch.tensor([[5.0, 5, 10, 10]]), b[:1])[0])
+    torch.testing.assert_close(
+        giou[0], bc.elementwise_giou(torch.tensor([[5.0, 5, 10, 10]]), b[:1])[0]
+    )

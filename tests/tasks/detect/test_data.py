@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.common.data_samplers import InferenceSampler, TrainSampler
 from tasks.detect.config import DataConfig
 from tasks.detect.data import (
     DetectionDataset,
-    InferenceSampler,
-    TrainSampler,
     load_detection_json,
     repeat_factors,
     subset_gt,

@@ -40,8 +40,13 @@ def _logits(n: int, k: int, fill: float = -4.0) -> torch.Tensor:
 
 
 def test_empty_gt_matches_nothing() -> None:
-    fg, idx = SimOTAMatcher().match_image(_logits(5, 3), torch.rand(5, 4) * 50,
-                                          torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), WHWH)
+    fg, idx = SimOTAMatcher().match_image(
+        _logits(5, 3),
+        torch.rand(5, 4) * 50,
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, 4),
+        WHWH,
+    )
     assert fg.shape == (5,) and not fg.any() and idx.numel() == 0
 
 
@@ -67,12 +72,17 @@ def test_shared_proposal_keeps_cheapest_gt_and_other_gt_is_force_assigned() -> N
     logits[0, 1] = 3.0  # proposal 0 is confident about class 1 -> cheaper for GT 1
     fg, idx = SimOTAMatcher().match_image(logits, preds, torch.tensor([0, 1]), gts, WHWH)
     assert fg.tolist() == [True, True, False]
-    assert idx.tolist() == [1, 0]  # proposal 0 -> GT 1 (argmin cost), GT 0 force-assigned to proposal 1
+    assert idx.tolist() == [
+        1,
+        0,
+    ]  # proposal 0 -> GT 1 (argmin cost), GT 0 force-assigned to proposal 1
 
 
 def test_center_prior_regions() -> None:
     gt = torch.tensor([[40.0, 40, 50, 50]])  # w = h = 10: centre region is +-25 around (45, 45)
-    preds = torch.tensor([[44.0, 44, 46, 46], [60, 60, 70, 70], [90, 90, 99, 99]])  # centres 45, 65, 94.5
+    preds = torch.tensor(
+        [[44.0, 44, 46, 46], [60, 60, 70, 70], [90, 90, 99, 99]]
+    )  # centres 45, 65, 94.5
     fg, both = center_prior(preds, gt)
     assert fg.tolist() == [True, True, False]
     assert both[:, 0].tolist() == [True, False, False]
@@ -94,5 +104,7 @@ def test_more_gts_than_proposals_terminates() -> None:
     g = torch.Generator().manual_seed(0)
     gts = torch.tensor([[10.0, 10, 20, 20]]).repeat(8, 1) + torch.rand(8, 1, generator=g) * 30
     preds = torch.rand(3, 2, generator=g).repeat(1, 2) * 30 + torch.tensor([0.0, 0, 10, 10])
-    fg, idx = SimOTAMatcher().match_image(_logits(3, 2), preds, torch.zeros(8, dtype=torch.long), gts, WHWH)
+    fg, idx = SimOTAMatcher().match_image(
+        _logits(3, 2), preds, torch.zeros(8, dtype=torch.long), gts, WHWH
+    )
     assert fg.all() and idx.shape == (3,)

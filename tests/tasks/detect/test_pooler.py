@@ -44,8 +44,12 @@ def test_gather_matches_torchvision_forward_and_backward(sampling_ratio, aligned
 def test_pooler_auto_uses_gathers_only_for_cpu_training():
     pooler = RoIPooler(output_size=7, strides=(4, 8), sampling_ratio=2)
     feats = [torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)]
-    boxes = torch.tensor([[[2.0, 3.0, 20.0, 30.0], [0.0, 0.0, 63.0, 63.0]],
-                          [[10.0, 10.0, 12.0, 11.0], [5.0, 40.0, 50.0, 60.0]]])
+    boxes = torch.tensor(
+        [
+            [[2.0, 3.0, 20.0, 30.0], [0.0, 0.0, 63.0, 63.0]],
+            [[10.0, 10.0, 12.0, 11.0], [5.0, 40.0, 50.0, 60.0]],
+        ]
+    )
     plain = pooler(feats, boxes)  # no grad needed: torchvision
     assert pooler._kernel(feats[0]) is roi_align
     trainable = [f.clone().requires_grad_(True) for f in feats]
@@ -54,5 +58,6 @@ def test_pooler_auto_uses_gathers_only_for_cpu_training():
     with pytest.raises(ValueError, match="impl"):
         RoIPooler(output_size=7, strides=(4,), impl="fast")
     with pytest.raises(ValueError, match="sampling_ratio"):
-        roi_align_gather(feats[0], torch.zeros(1, 5), output_size=7, spatial_scale=1.0,
-                         sampling_ratio=0)
+        roi_align_gather(
+            feats[0], torch.zeros(1, 5), output_size=7, spatial_scale=1.0, sampling_ratio=0
+        )

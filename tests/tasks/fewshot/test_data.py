@@ -7,10 +7,34 @@ from PIL import Image
 from tasks.fewshot.data import CAMVID_IGNORE, camvid_pairs, ddpmseg_pairs, load_pair, read_label
 
 CAMVID_COUNTS = {  # ../shared/data/README.md, labels 0..11
-    "train": [10682767, 14750079, 623349, 20076880, 2845085, 6166762, 743859, 714595, 3719877, 405385,
-              184967, 2503995],
-    "val": [1601620, 4531180, 98499, 5053176, 1521751, 2851125, 155724, 537197, 304716, 113531, 387010,
-            297271],
+    "train": [
+        10682767,
+        14750079,
+        623349,
+        20076880,
+        2845085,
+        6166762,
+        743859,
+        714595,
+        3719877,
+        405385,
+        184967,
+        2503995,
+    ],
+    "val": [
+        1601620,
+        4531180,
+        98499,
+        5053176,
+        1521751,
+        2851125,
+        155724,
+        537197,
+        304716,
+        113531,
+        387010,
+        297271,
+    ],
 }
 
 
@@ -43,3 +67,26 @@ def test_ddpmseg_layout(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "c.png")
     with pytest.raises(ValueError, match="no mask c.npy"):
         ddpmseg_pairs(tmp_path)
+
+
+def test_split_list_entries_outside_the_root_are_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "train.txt").write_text("a.png a_l.png\n../secret.png x.png\n")
+    with pytest.raises(
+        ValueError, match=r"train\.txt:2: '\.\./secret\.png' points outside the data root"
+    ):
+        camvid_pairs(tmp_path / "root", "train")
+    (tmp_path / "root" / "train.txt").write_text("/etc/passwd a_l.png\n")
+    with pytest.raises(ValueError, match="train.txt:1: '/etc/passwd' points outside"):
+        camvid_pairs(tmp_path / "root", "train")
+
+
+def test_truncated_image_and_fractional_labels_are_named(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes()[:40])
+    np.save(tmp_path / "b.npy", np.zeros((8, 8), dtype=np.int64))
+    np.save(tmp_path / "a.npy", np.full((8, 8), 1.5))
+    with pytest.raises(ValueError, match=r"b\.png: cannot read image"):
+        load_pair(ddpmseg_pairs(tmp_path)[1], None)
+    with pytest.raises(ValueError, match=r"a\.npy: label map holds fractional values"):
+        read_label(tmp_path / "a.npy")

@@ -17,9 +17,15 @@ def test_reference_architecture():
     mlp = PixelMLP(8448, 28)
     kinds = [type(m).__name__ for m in mlp.layers]
     assert kinds == ["Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear"]
-    assert sum(p.numel() for p in mlp.parameters()) == 8448 * 128 + 128 + 256 + 128 * 32 + 32 + 64 + 32 * 28 + 28
+    assert (
+        sum(p.numel() for p in mlp.parameters())
+        == 8448 * 128 + 128 + 256 + 128 * 32 + 32 + 64 + 32 * 28 + 28
+    )
     assert hidden_widths(29) == (128, 32) and hidden_widths(30) == (256, 128)
-    assert abs(float(mlp.layers[0].weight.detach().std()) - 0.02) < 1e-3 and float(mlp.layers[0].bias.detach().abs().sum()) == 0
+    assert (
+        abs(float(mlp.layers[0].weight.detach().std()) - 0.02) < 1e-3
+        and float(mlp.layers[0].bias.detach().abs().sum()) == 0
+    )
 
 
 def test_stacked_training_equals_independent_members():
@@ -32,7 +38,11 @@ def test_stacked_training_equals_independent_members():
     for _step in range(4):
         x = torch.randn(3, 8, 6)
         y = torch.randint(0, 4, (3, 8))
-        loss = F.cross_entropy(ens(x).reshape(-1, 4), y.reshape(-1), reduction="none").reshape(3, 8).mean(1)
+        loss = (
+            F.cross_entropy(ens(x).reshape(-1, 4), y.reshape(-1), reduction="none")
+            .reshape(3, 8)
+            .mean(1)
+        )
         stacked.zero_grad()
         loss.sum().backward()
         stacked.step()
@@ -59,7 +69,9 @@ def _synthetic(n_images: int, seed: int):
         lab[15, 15] = 255
         coarse = F.one_hot(lab[::2, ::2].clamp(max=2), 3).permute(2, 0, 1).float()
         fine = torch.randn(5, 4, 4, generator=gen)
-        feats.append([coarse.half() + 0.1 * torch.randn(3, 8, 8, generator=gen).half(), fine.half()])
+        feats.append(
+            [coarse.half() + 0.1 * torch.randn(3, 8, 8, generator=gen).half(), fine.half()]
+        )
         labels.append(lab)
     return feats, labels
 
@@ -91,7 +103,10 @@ def test_training_learns_and_stops_early():
 def test_stopped_member_is_frozen():
     feats, labels = _synthetic(1, 2)
     bank = PixelBank(feats, labels, ignore_index=255)
-    before = [model_w.clone() for model_w in train_ensemble(bank, 4, num_models=3, max_epochs=0)[0].weights]
+    before = [
+        model_w.clone()
+        for model_w in train_ensemble(bank, 4, num_models=3, max_epochs=0)[0].weights
+    ]
     model, stats = train_ensemble(bank, 4, num_models=3, patience=0, seed=3)
     per_epoch = len(bank) // 64
     # patience 0: a member stops at its first non-improving batch after epoch index 3

@@ -1,6 +1,9 @@
-"""Vectorised, device-resident COCO-style matching and accumulation.
+"""COCO-style matching and accumulation: the entry point :func:`run` and its torch path (CUDA).
 
-This is the arithmetic core shared by :mod:`evaluation.coco` and :mod:`evaluation.lvis`. It reproduces
+:func:`run` sends CPU tables to the compiled loops of :mod:`evaluation.matching_cpu` and runs the torch
+path below on CUDA (or on the CPU with ``kernel="torch"``, which the tests compare with the official tools
+too). It serves :mod:`evaluation.coco`, :mod:`evaluation.lvis` and :mod:`evaluation.keypoints`. The torch
+path reproduces
 pycocotools 2.0.11 ``COCOeval.evaluate()`` + ``accumulate()`` (and lvis-api 0.5.3 ``LVISEval``) cell for
 cell, without a Python loop over (image, category) pairs:
 
@@ -18,12 +21,20 @@ scores arrays are equal to the official ones byte for byte.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+
+from evaluation.devices import single_thread_on_cpu
+
+try:  # the compiled CPU kernel needs numba; without it the torch path serves the CPU too
+    import numba  # noqa: F401
+
+    NUMBA = True
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps a bare install working
+    NUMBA = False
 
 EPS = float(np.spacing(1))  # pycocotools adds np.spacing(1) to the precision denominator
 
@@ -490,40 +501,48 @@ def run(
     iou_thrs: np.ndarray,
     rec_thrs: np.ndarray,
     area_rngs: np.ndarray,
+    kernel: str = "auto",
+    with_scores: bool = True,
 ) -> EvalResult:
-    """Evaluate: sort, truncate per (image, category) to ``per_cell_cap``, match, accumulate."""
+    """Evaluate: sort, truncate per (image, category) to ``per_cell_cap``, match, accumulate.
+
+    ``kernel``: "auto" runs tables on the CPU in the compiled loops of :mod:`evaluation.matching_cpu` and
+    tables on CUDA in the torch path of this module; "torch" forces the torch path (also on the CPU, where
+    the tests check it). Both give the same bytes (tested against the official tools). ``with_scores``
+    False lets the CPU kernel skip the scores array (LVIS does not report it).
+    """
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"kernel must be 'auto' or 'torch', got {kernel!r}")
     dev = dt.score.device
-    with single_thread_on_cpu(dev):
-        return _run(
-            gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs
+    if dev.type == "cpu" and kernel == "auto" and NUMBA:
+        from evaluation import matching_cpu
+
+        numpy_of = lambda table: {  # noqa: E731
+            f.name: None if (v := getattr(table, f.name)) is None else v.numpy()
+            for f in fields(table)
+        }
+        out = matching_cpu.run(
+            numpy_of(gt),
+            numpy_of(dt),
+            num_cats=num_cats,
+            pair_iou=pair_iou,
+            max_dets=max_dets,
+            per_cell_cap=per_cell_cap,
+            iou_thrs=iou_thrs,
+            rec_thrs=rec_thrs,
+            area_rngs=area_rngs,
+            with_scores=with_scores,
         )
-
-
-@contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device):
-    """Run CPU evaluation with one intra-op thread: the work is many small kernels, and OpenMP thread
-    hand-offs cost more than they save (5-20x slower on a loaded 2-core machine). Restored afterwards."""
-    if device.type != "cpu":
-        yield
-        return
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-def _run(
-    gt, dt, num_cats, pair_iou, max_dets, per_cell_cap, iou_thrs, rec_thrs, area_rngs
-) -> EvalResult:
-    dev = dt.score.device
+        return EvalResult(*out)
     thr = torch.as_tensor(iou_thrs, dtype=torch.float64, device=dev)
     rec = torch.as_tensor(rec_thrs, dtype=torch.float64, device=dev)
     rng = torch.as_tensor(area_rngs, dtype=torch.float64, device=dev)
-    order, rank = sort_detections(dt, num_cats)
-    keep = (
-        rank < per_cell_cap if per_cell_cap is not None else torch.ones_like(rank, dtype=torch.bool)
-    )
-    tp, ig = match(gt, dt, order, keep, num_cats, pair_iou, thr, rng)
-    return accumulate(gt, dt, order, rank, tp, ig, keep, num_cats, max_dets, rec, rng)
+    with single_thread_on_cpu(dev):
+        order, rank = sort_detections(dt, num_cats)
+        keep = (
+            rank < per_cell_cap
+            if per_cell_cap is not None
+            else torch.ones_like(rank, dtype=torch.bool)
+        )
+        tp, ig = match(gt, dt, order, keep, num_cats, pair_iou, thr, rng)
+        return accumulate(gt, dt, order, rank, tp, ig, keep, num_cats, max_dets, rec, rng)
