@@ -19,23 +19,41 @@ from tasks.common.dist import is_main
 __all__ = ["JsonlLogger", "MetricWriter", "setup_logging"]
 
 
-def setup_logging(output_dir: str | Path | None, name: str) -> logging.Logger:
-    """A logger writing to stderr and ``output_dir/log.txt`` on rank 0 (warnings only on other ranks)."""
-    logger = logging.getLogger(name)
+def _install(logger: logging.Logger, handlers: list[logging.Handler]) -> None:
     logger.setLevel(logging.INFO if is_main() else logging.WARNING)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    for handler in handlers:
+        logger.addHandler(handler)
+
+
+def setup_logging(output_dir: str | Path | None, name: str) -> logging.Logger:
+    """A logger writing to stderr and ``output_dir/log.txt`` on rank 0 (warnings only on other ranks).
+
+    The shared machinery's loggers (``diffvision.*``: progress lines, run folder, checkpoints, training kernel)
+    get the same handlers, so their messages reach the same console and ``log.txt`` whatever ``name`` is.
+    """
     fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
-    logger.addHandler(console)
+    handlers: list[logging.Handler] = [console]
     if output_dir is not None and is_main():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(Path(output_dir) / "log.txt")
         file_handler.setFormatter(fmt)
-        logger.addHandler(file_handler)
+        handlers.append(file_handler)
+    _install(logging.getLogger("diffvision"), handlers)
+    logger = logging.getLogger(name)
+    # a child of "diffvision": its records reach the handlers above by propagation
+    if name.startswith("diffvision."):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.INFO if is_main() else logging.WARNING)
+        logger.propagate = True
+    elif name != "diffvision":
+        _install(logger, handlers)
     return logger
 
 

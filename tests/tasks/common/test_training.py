@@ -215,3 +215,14 @@ def test_config_yaml_reads_off_and_no_as_strings(tmp_path: Path) -> None:
     }
     (tmp_path / "c.yaml").write_text("amp: off\nema: false\n")
     assert load_yaml_deltas(tmp_path / "c.yaml") == {"amp": "off", "ema": False}
+
+
+def test_kernel_messages_reach_every_tasks_log_file(tmp_path: Path) -> None:
+    from tasks.common.log import setup_logging
+
+    setup_logging(tmp_path, "fewshot").info("task message")
+    bar = LineProgress(total=2, desc="train", interval=0.0)
+    bar.update(1)
+    bar.close()
+    text = (tmp_path / "log.txt").read_text()
+    assert "task message" in text and "diffvision.progress] train 1/2" in text
