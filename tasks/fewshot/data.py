@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from tasks.common.pair_lists import read_pair_list
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -58,27 +60,7 @@ class Pair:
 
 def camvid_pairs(root: str | Path, split: str) -> list[Pair]:
     """Pairs listed in ``<root>/<split>.txt`` (lines ``image label``, paths relative to root)."""
-    root = Path(root)
-    listing = root / f"{split}.txt"
-    if not listing.exists():
-        raise ValueError(f"{listing}: CamVid split list not found")
-    pairs = []
-    for n, line in enumerate(listing.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{listing}:{n}: expected 'image label', got {line!r}")
-        pairs.append(Pair(_inside(root, parts[0], listing, n), _inside(root, parts[1], listing, n)))
-    return pairs
-
-
-def _inside(root: Path, entry: str, listing: Path, line: int) -> Path:
-    """``root / entry``, refused when it resolves outside ``root`` (``../`` or an absolute path)."""
-    path = (root / entry).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ValueError(f"{listing}:{line}: {entry!r} points outside the data root {root}")
-    return root / entry
+    return [Pair(image, label) for _, image, label in read_pair_list(root, split)]
 
 
 def ddpmseg_pairs(root: str | Path, limit: int | None = None) -> list[Pair]:

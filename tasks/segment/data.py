@@ -33,6 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from tasks.common.pair_lists import read_pair_list
 from tasks.segment.transforms import augment, eval_transform
 
 __all__ = [
@@ -249,20 +250,8 @@ def cityscapes_frames(root: str | Path, split: str, *, labelled: bool = True) ->
 
 
 def camvid_frames(root: str | Path, split: str) -> list[Frame]:
-    """Frames listed in ``root/<split>.txt`` (lines ``image label`` relative to root)."""
-    root = Path(root)
-    listing = root / f"{split}.txt"
-    if not listing.is_file():
-        raise FileNotFoundError(f"CamVid split list not found: {listing}")
-    frames = []
-    for n, line in enumerate(listing.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{listing}:{n}: expected 'image label', got {line!r}")
-        frames.append(Frame(parts[0], root / parts[0], root / parts[1]))
-    return frames
+    """Frames listed in ``root/<split>.txt`` (lines ``image label`` relative to root, never leaving it)."""
+    return [Frame(name, image, label) for name, image, label in read_pair_list(root, split)]
 
 
 def folder_frames(root: str | Path, split: str) -> list[Frame]:

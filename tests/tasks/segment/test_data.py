@@ -158,3 +158,12 @@ def test_train_frames_uses_the_fraction(tmp_path: Path) -> None:
         "1_4.txt",
         "full.txt",
     }
+
+
+def test_camvid_list_entries_outside_the_root_are_refused(tmp_path) -> None:
+    from tasks.segment.data import camvid_frames
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "val.txt").write_text("a.png a_l.png\n../secret.png x.png\n")
+    with pytest.raises(ValueError, match=r"val\.txt:2: '\.\./secret\.png' points outside"):
+        camvid_frames(tmp_path / "root", "val")
