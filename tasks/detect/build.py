@@ -112,7 +112,12 @@ def build_train_data(
         raise ValueError(
             "data.train_json and data.train_images must be set (or data.synthetic=true)"
         )
-    records = D.load_detection_json(paths["train_json"], paths["train_images"], fmt=cfg.data.format)
+    records = D.load_detection_json(
+        paths["train_json"],
+        paths["train_images"],
+        fmt=cfg.data.format,
+        allow_absolute_paths=cfg.data.allow_absolute_paths,
+    )
     if len(records.label_to_category_id) != cfg.model.head.num_classes:
         raise ValueError(
             f"{paths['train_json']} has {len(records.label_to_category_id)} categories but "
@@ -136,7 +141,9 @@ def build_train_data(
         factors=factors,
     )
     loader = DataLoader(
-        D.DetectionDataset(records, build_train_transform(cfg.data)),
+        D.DetectionDataset(
+            records, build_train_transform(cfg.data), image_check=cfg.data.image_check
+        ),
         batch_size=per_rank,
         sampler=sampler,
         num_workers=cfg.data.num_workers,
@@ -159,11 +166,21 @@ def build_val_data(
     """
     if paths["val_json"] is None or paths["val_images"] is None:
         return None
-    records = D.load_detection_json(paths["val_json"], paths["val_images"], fmt=cfg.data.format)
+    records = D.load_detection_json(
+        paths["val_json"],
+        paths["val_images"],
+        fmt=cfg.data.format,
+        allow_absolute_paths=cfg.data.allow_absolute_paths,
+    )
     category_ids = category_ids_for(label_map, label_map_of(records), source=str(paths["val_json"]))
     records = D.first_images(records, cfg.test.max_eval_images)
     loader = DataLoader(
-        D.DetectionDataset(records, build_test_transform(cfg.data)),
+        # skipping a validation image would still count its boxes in the GT: only "error" or "off" here
+        D.DetectionDataset(
+            records,
+            build_test_transform(cfg.data),
+            image_check="off" if cfg.data.image_check == "off" else "error",
+        ),
         batch_size=cfg.test.eval_batch_size,
         sampler=InferenceSampler(len(records.images), info.rank, info.world_size),
         num_workers=cfg.data.num_workers,

@@ -144,6 +144,13 @@ class DataConfig:
     max_size_test: int = 1333
     num_workers: int = 2
     repeat_factor_threshold: float | None = None  # LVIS RFS 0.001
+    # images checked up front by header reads: "error" lists every bad image, "skip" drops them (counted
+    # warning; training only), "off" skips the check
+    image_check: Literal["error", "skip", "off"] = "error"
+    allow_absolute_paths: bool = False  # accept absolute file_name entries (refused by default)
+    voc_classes: tuple[str, ...] | None = (
+        None  # VOC class order (default: first appearance in the split)
+    )
 
 
 @dataclass

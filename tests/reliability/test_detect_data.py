@@ -178,3 +178,34 @@ def test_evaluation_gt_drops_what_the_loader_cannot_use(tmp_path, caplog):
         gt = subset_gt(path, [1])
     assert [a["id"] for a in gt["annotations"]] == [1]
     assert "ann.json" in caplog.text and "3 " in caplog.text
+
+
+def test_config_keys_reach_the_training_loader(tmp_path, caplog):
+    """data.image_check and data.allow_absolute_paths are config keys, not only function arguments."""
+    import torch
+
+    from tasks.common.dist import DistInfo
+    from tasks.detect.build import build_train_data
+    from tasks.detect.config import DetectConfig
+
+    absolute = str(tmp_path / "img" / "a.png")
+    images = [
+        {"id": 1, "file_name": absolute, "width": 40, "height": 30},
+        {"id": 2, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 3, "file_name": "gone.png", "width": 40, "height": 30},
+    ]
+    path = str(_write(tmp_path, images=images))
+    paths = {"train_json": path, "train_images": str(tmp_path / "img")}
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    cfg = DetectConfig()
+    cfg.model.head.num_classes, cfg.solver.batch_size, cfg.data.num_workers = 1, 1, 0
+    with pytest.raises(ValueError, match="outside"):
+        build_train_data(cfg, paths, info)
+    cfg.data.allow_absolute_paths = True
+    with pytest.raises(ValueError, match="gone.png"):
+        build_train_data(cfg, paths, info)
+    cfg.data.image_check = "skip"
+    with caplog.at_level(logging.WARNING):
+        data = build_train_data(cfg, paths, info)
+    assert len(data.loader.dataset) == 2
+    assert "gone.png" in caplog.text
