@@ -15,39 +15,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from tasks.common.pair_lists import read_pair_list
+from tasks.common.camvid import read_pair_list
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-CAMVID_CLASSES: tuple[str, ...] = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-CAMVID_IGNORE = 11
-CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128),
-    (128, 0, 0),
-    (192, 192, 128),
-    (128, 64, 128),
-    (60, 40, 222),
-    (128, 128, 0),
-    (192, 128, 128),
-    (64, 64, 128),
-    (64, 0, 128),
-    (64, 64, 0),
-    (0, 128, 192),
-)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tasks.common.camvid import CAMVID_CLASSES, CAMVID_PALETTE
 from tasks.fewshot.config import FewShotConfig, image_size_hw
 from tasks.fewshot.data import (
-    CAMVID_CLASSES,
-    CAMVID_PALETTE,
     camvid_pairs,
     ddpmseg_pairs,
     default_palette,

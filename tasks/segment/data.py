@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from tasks.common.pair_lists import read_pair_list
+from tasks.common.camvid import CAMVID_CLASSES, CAMVID_IGNORE, CAMVID_PALETTE, read_pair_list
 from tasks.segment.transforms import augment, eval_transform
 
 __all__ = [
@@ -144,37 +144,11 @@ def cityscapes_info() -> DatasetInfo:
     )
 
 
-CAMVID_CLASSES = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)
-
-
 def camvid_info() -> DatasetInfo:
     """SegNet CamVid: 11 classes 0..10, 11 = void (ignore)."""
-    palette = (
-        (128, 128, 128),
-        (128, 0, 0),
-        (192, 192, 128),
-        (128, 64, 128),
-        (60, 40, 222),
-        (128, 128, 0),
-        (192, 128, 128),
-        (64, 64, 128),
-        (64, 0, 128),
-        (64, 64, 0),
-        (0, 128, 192),
+    return DatasetInfo(
+        "camvid", CAMVID_CLASSES, CAMVID_IGNORE, _lut({i: i for i in range(12)}), CAMVID_PALETTE
     )
-    return DatasetInfo("camvid", CAMVID_CLASSES, 11, _lut({i: i for i in range(12)}), palette)
 
 
 def folder_info(

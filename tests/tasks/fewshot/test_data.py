@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.fewshot.data import CAMVID_IGNORE, camvid_pairs, ddpmseg_pairs, load_pair, read_label
+from tasks.common.camvid import CAMVID_IGNORE
+from tasks.fewshot.data import camvid_pairs, ddpmseg_pairs, load_pair, read_label
 
 CAMVID_COUNTS = {  # ../shared/data/README.md, labels 0..11
     "train": [

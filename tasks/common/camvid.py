@@ -1,4 +1,6 @@
-"""Split lists of ``image label`` lines (CamVid's SegNet layout), read once for every task.
+"""CamVid (SegNet's 11-class version) for every task: class names, palette, void label, and the split lists.
+
+Split lists are ``image label`` lines; they are read once here for every task.
 
 Each line names an image and its label map relative to the dataset root; an entry that resolves outside the root
 (``../`` or an absolute path) is refused naming the list file and line, so a data file cannot make a task read
@@ -9,7 +11,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["inside_root", "read_pair_list"]
+__all__ = ["CAMVID_CLASSES", "CAMVID_IGNORE", "CAMVID_PALETTE", "inside_root", "read_pair_list"]
+
+CAMVID_CLASSES: tuple[str, ...] = (
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+)
+CAMVID_IGNORE = 11  # void
+CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128),
+    (128, 0, 0),
+    (192, 192, 128),
+    (128, 64, 128),
+    (60, 40, 222),
+    (128, 128, 0),
+    (192, 128, 128),
+    (64, 64, 128),
+    (64, 0, 128),
+    (64, 64, 0),
+    (0, 128, 192),
+)
 
 
 def inside_root(root: Path, entry: str, listing: Path, line: int) -> Path:
