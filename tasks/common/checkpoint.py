@@ -24,6 +24,7 @@ __all__ = [
     "TMP_SUFFIX",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_png",
     "atomic_write_text",
     "checkpoints_newest_first",
     "latest_checkpoint",
@@ -68,6 +69,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
     """:func:`atomic_write_bytes` for a JSON document (NaN/inf refused: ``allow_nan=False``)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def atomic_write_png(path: str | Path, image: Any) -> Path:
+    """:func:`atomic_write_bytes` for a PNG of ``image`` (a PIL image, or an array ``Image.fromarray`` takes)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

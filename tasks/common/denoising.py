@@ -19,14 +19,12 @@ Example (one step of a task's loop; the loop itself stays in the task)::
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from diffusion_core import (
@@ -39,7 +37,7 @@ from diffusion_core import (
     sampling_pairs,
     training_target,
 )
-from tasks.common.checkpoint import atomic_write_bytes
+from tasks.common.checkpoint import atomic_write_png
 from tasks.common.ema import ModelEMA
 from tasks.common.training import autocast, optimizer_step
 
@@ -206,6 +204,4 @@ def image_grid(images: Tensor, *, ncol: int = 8) -> np.ndarray:
 
 def save_image_grid(images: Tensor, path: str | Path, *, ncol: int = 8) -> Path:
     """Write (N, C, H, W) images in [-1, 1] as one PNG grid, atomically; returns the path."""
-    buffer = io.BytesIO()
-    Image.fromarray(image_grid(images, ncol=ncol)).save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_png(path, image_grid(images, ncol=ncol))

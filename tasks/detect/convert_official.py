@@ -31,7 +31,6 @@ strictly; no official checkpoint is available offline.
 from __future__ import annotations
 
 import argparse
-import io
 import re
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch
 from torch import Tensor
 
 from backbones.pretrained import read_weights_object
-from tasks.common.checkpoint import atomic_write_bytes
+from tasks.common.checkpoint import save_checkpoint
 
 _DROPPED = re.compile(
     r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_.*|log_one_minus_alphas_cumprod|"
@@ -102,9 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"{args.src}: expected a state dict or a checkpoint dict, got {type(state).__name__}"
         )
-    buffer = io.BytesIO()
-    torch.save(convert_official_state_dict(state), buffer)
-    atomic_write_bytes(args.dst, buffer.getvalue())
+    save_checkpoint(convert_official_state_dict(state), args.dst)
     print(f"wrote {args.dst}")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import colorsys
 import glob
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,11 +94,9 @@ def expand_inputs(specs: Sequence[str]) -> list[Path]:
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Writes ``image`` as PNG atomically."""
-    from tasks.common.checkpoint import atomic_write_bytes
+    from tasks.common.checkpoint import atomic_write_png
 
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_png(path, image)
 
 
 def _caption(draw: ImageDraw.ImageDraw, x: float, y: float, text: str, color: tuple) -> None:

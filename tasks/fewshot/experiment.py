@@ -7,7 +7,6 @@ across k.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from tasks.common.checkpoint import atomic_write_bytes
+from tasks.common.checkpoint import atomic_write_png
 from tasks.fewshot.config import FewShotConfig
 from tasks.fewshot.data import colorize, overlay
 from tasks.fewshot.datasets import FewShotData
@@ -206,6 +204,4 @@ def write_overlays(folder: Path, run: Run, data: FewShotData, *, n: int, ignore_
             overlay(data.val_images[i], colorize(lab.long(), tuple(data.palette), ignore_index))
             for lab in (data.val_labels[i], run.majority[i])
         ]
-        buffer = io.BytesIO()
-        Image.fromarray(np.concatenate(pair, axis=1)).save(buffer, format="PNG")
-        atomic_write_bytes(folder / f"overlay_{i:03d}.png", buffer.getvalue())
+        atomic_write_png(folder / f"overlay_{i:03d}.png", np.concatenate(pair, axis=1))

@@ -14,7 +14,6 @@ a time.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from tasks.common.checkpoint import atomic_write_bytes
+from tasks.common.checkpoint import atomic_write_png
 from tasks.fewshot.data import IMAGE_SUFFIXES, colorize, open_rgb, pil_to_unit
 from tasks.fewshot.ensemble import LoadedEnsemble
 from tasks.fewshot.pixel_classifier import Prediction, predict_image
@@ -62,12 +61,6 @@ def predict_pil(
     return [predict_image(ensemble.model, maps, ensemble.image_size) for maps in features(tensors)]
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def resize_prediction(pred: Prediction, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """(labels (H, W) int64 nearest-resized, js (H, W) float bilinear-resized) at ``size`` = (H,
     W)."""
@@ -89,16 +82,14 @@ def write_prediction(
     labels, js = resize_prediction(pred, (image.height, image.width))
     num_classes = len(ensemble.class_names)
     label_array = labels.numpy().astype(np.uint8 if num_classes <= 256 else np.uint16)
-    atomic_write_bytes(out_dir / f"{stem}_label.png", _png(label_array))
+    atomic_write_png(out_dir / f"{stem}_label.png", label_array)
     colours = colorize(labels, tuple(ensemble.palette), ensemble.ignore_index)
     rgb = np.asarray(image, dtype=np.float32)
-    atomic_write_bytes(
-        out_dir / f"{stem}_overlay.png", _png((rgb * 0.5 + colours * 0.5).astype(np.uint8))
-    )
+    atomic_write_png(out_dir / f"{stem}_overlay.png", (rgb * 0.5 + colours * 0.5).astype(np.uint8))
     scale = 255.0 / math.log(max(num_classes, 2))
-    atomic_write_bytes(
+    atomic_write_png(
         out_dir / f"{stem}_uncertainty.png",
-        _png((js.numpy() * scale).round().clip(0, 255).astype(np.uint8)),
+        (js.numpy() * scale).round().clip(0, 255).astype(np.uint8),
     )
     counts = torch.bincount(labels.reshape(-1), minlength=num_classes).tolist()
     return {

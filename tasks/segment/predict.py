@@ -11,14 +11,12 @@ upsampled back to the input size. Unreadable files are skipped with one counted 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from tasks.common.checkpoint import atomic_write_bytes, load_checkpoint
+from tasks.common.checkpoint import atomic_write_png, load_checkpoint
 from tasks.common.config import config_from_dict
 from tasks.common.dist import resolve_device
 from tasks.segment.config import SegmentConfig
@@ -26,12 +24,6 @@ from tasks.segment.data import eval_transform, image_files, load_image, readable
 from tasks.segment.steps import build_model, predict_labels
 
 logger = logging.getLogger("diffvision.segment.predict")
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,11 +70,9 @@ def main(argv: list[str] | None = None) -> None:
             .cpu()
             .numpy()
         )
-        atomic_write_bytes(out / f"{path.stem}.png", _png(export[pred].astype(np.uint8)))
+        atomic_write_png(out / f"{path.stem}.png", export[pred].astype(np.uint8))
         blend = (1 - args.alpha) * image.astype(np.float32) + args.alpha * palette[pred]
-        atomic_write_bytes(
-            out / f"{path.stem}_overlay.png", _png(blend.clip(0, 255).astype(np.uint8))
-        )
+        atomic_write_png(out / f"{path.stem}_overlay.png", blend.clip(0, 255).astype(np.uint8))
     print(f"wrote {len(paths)} label maps and overlays to {out}")
 
 

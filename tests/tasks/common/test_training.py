@@ -226,3 +226,18 @@ def test_kernel_messages_reach_every_tasks_log_file(tmp_path: Path) -> None:
     bar.close()
     text = (tmp_path / "log.txt").read_text()
     assert "task message" in text and "diffvision.progress] train 1/2" in text
+
+
+def test_atomic_png_round_trips_arrays_and_images(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tasks.common.checkpoint import atomic_write_png
+
+    labels = np.arange(300, dtype=np.uint16).reshape(15, 20)  # > 255: 16-bit label maps survive
+    atomic_write_png(tmp_path / "l.png", labels)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "l.png")), labels)
+    rgb = Image.new("RGB", (3, 2), (1, 2, 3))
+    atomic_write_png(tmp_path / "c.png", rgb)
+    assert Image.open(tmp_path / "c.png").getpixel((2, 1)) == (1, 2, 3)
+    assert not list(tmp_path.glob(".*.tmp"))
