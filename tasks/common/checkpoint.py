@@ -7,21 +7,22 @@ Every output file of a run goes through :func:`atomic_write_bytes` (a temp file 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import random
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 __all__ = [
     "TMP_SUFFIX",
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_png",
@@ -43,14 +44,18 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Run ``write(f)`` on a temp file in ``path``'s folder, fsync, then ``os.replace`` it onto ``path``.
+
+    The data streams straight to disk (no in-memory copy of a large checkpoint); a crash mid-write leaves the
+    previous file intact and the new one appears complete or not at all.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
@@ -59,6 +64,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -77,9 +87,7 @@ def atomic_write_png(path: str | Path, image: Any) -> Path:
 
     if not isinstance(image, Image.Image):
         image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -87,9 +95,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
     A crash mid-write leaves the previous checkpoint intact; the new file appears complete or not at all.
     """
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
