@@ -45,6 +45,7 @@ class LineProgress:
         self.postfix: dict[str, Any] = {}
         self._start = self._last = time.monotonic()
         self._start_n = initial
+        self._closed = False
 
     def __iter__(self) -> Iterator:
         for item in self.iterable or ():
@@ -79,9 +80,9 @@ class LineProgress:
         logger.info("%s %s (%.2f it/s%s) %s", self.desc, done, rate, eta, extras)
 
     def close(self) -> None:
-        if self._last != -1.0:
+        if not self._closed:
             self._emit(time.monotonic())
-            self._last = -1.0
+            self._closed = True
 
 
 def progress(

@@ -115,21 +115,20 @@ def prepare_run_dir(
     out = Path(output_dir)
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
-    ckpt: Path | None = None
-    error = None
+    verdict: tuple[str | None, Path | None] = (None, None)  # (error, checkpoint to resume from)
     if is_main():
         try:
             _check_and_write(
                 out, config=config, resume=resume, overwrite=overwrite, ignore_keys=ignore_keys
             )
+            verdict = (None, latest_loadable_checkpoint(out) if resume else None)
         except RunDirError as err:
-            error = str(err)
-    # every rank learns rank 0's verdict (a raise on rank 0 alone would leave the others waiting in a collective)
-    error = all_gather_object(error)[0]
+            verdict = (str(err), None)
+    # every rank learns rank 0's verdict: a raise on rank 0 alone would leave the others waiting in a
+    # collective, and only one process needs to read the checkpoints to find the newest good one
+    error, ckpt = all_gather_object(verdict)[0]
     if error is not None:
         raise RunDirError(error)
-    if resume:
-        ckpt = latest_loadable_checkpoint(out)
-        if ckpt is None:
-            logger.warning("--resume: no loadable checkpoint in %s, starting from scratch", out)
+    if resume and ckpt is None:
+        logger.warning("--resume: no loadable checkpoint in %s, starting from scratch", out)
     return ckpt
