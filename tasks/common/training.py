@@ -103,10 +103,13 @@ def optimizer_step(
     params: Iterable[Tensor] | None = None,
     scaler: torch.amp.GradScaler | None = None,
     clip_grad_norm: float = 0.0,
+    lr: float | None = None,
 ) -> dict[str, float]:
     """One optimiser step on the sum of ``losses`` (scalar tensors).
 
     Args:
+        lr: when given, the learning rate of every parameter group for this step (the loop computes the
+            schedule).
         params: the parameters to clip (default: every parameter of ``optimizer``).
         scaler: fp16 loss scaler (None for fp32 / bf16).
         clip_grad_norm: clip the total gradient norm to this value when > 0 (after unscaling).
@@ -122,6 +125,9 @@ def optimizer_step(
     if not torch.isfinite(total):
         detail = {k: float(v.detach()) for k, v in losses.items()}
         raise NonFiniteLossError(detail, iteration, get_rank())
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()

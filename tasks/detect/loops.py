@@ -82,13 +82,11 @@ def train_step(
     Raises:
         tasks.common.training.NonFiniteLossError: a NaN/inf loss (every term and the step named; nothing stepped).
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     images, targets = to_model_inputs(batch, device)
     with autocast(device, amp):
         losses = model(images, targets)
     out = optimizer_step(
-        losses, optimizer, iteration=step, scaler=scaler, clip_grad_norm=clip_grad_norm
+        losses, optimizer, iteration=step, scaler=scaler, clip_grad_norm=clip_grad_norm, lr=lr
     )
     return {**out, "lr": lr}
 

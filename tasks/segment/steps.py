@@ -120,11 +120,6 @@ def lr_factor(
     return warm * decay
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def pretrain_step(
     model: nn.Module,
     forward_model: nn.Module,
@@ -141,13 +136,16 @@ def pretrain_step(
     clip_grad_norm: float = 0.0,
 ) -> dict[str, float]:
     """One denoising step (kernel autocast + optimizer_step, then the warmed-up EMA update)."""
-    _set_lr(optimizer, lr)
     with autocast(images.device, amp):
         loss, _, _ = denoise_loss(
             forward_model, images, noise, schedule=schedule, generator=generator
         )
     logs = optimizer_step(
-        {"denoise_loss": loss}, optimizer, iteration=iteration, clip_grad_norm=clip_grad_norm
+        {"denoise_loss": loss},
+        optimizer,
+        iteration=iteration,
+        clip_grad_norm=clip_grad_norm,
+        lr=lr,
     )
     if ema is not None:
         ema.update(model, step=iteration)
@@ -169,14 +167,13 @@ def finetune_step(
     model: nn.Module | None = None,
 ) -> dict[str, float]:
     """One cross-entropy step (pixels labelled ``ignore_index`` do not count)."""
-    _set_lr(optimizer, lr)
     with autocast(images.device, amp):
         logits = forward_model(images, task="segment")
     # mean over labelled pixels; a crop of only ignore pixels gives 0 (not NaN) and no host sync is needed
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
     loss = total / (labels != ignore_index).sum().clamp(min=1)
     logs = optimizer_step(
-        {"ce_loss": loss}, optimizer, iteration=iteration, clip_grad_norm=clip_grad_norm
+        {"ce_loss": loss}, optimizer, iteration=iteration, clip_grad_norm=clip_grad_norm, lr=lr
     )
     if ema is not None:
         ema.update(model or forward_model, step=iteration)

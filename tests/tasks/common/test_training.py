@@ -241,3 +241,12 @@ def test_atomic_png_round_trips_arrays_and_images(tmp_path: Path) -> None:
     atomic_write_png(tmp_path / "c.png", rgb)
     assert Image.open(tmp_path / "c.png").getpixel((2, 1)) == (1, 2, 3)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_optimizer_step_sets_the_given_learning_rate_before_stepping() -> None:
+    model, _, _ = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer_step({"l": model(torch.ones(2, 4)).sum()}, opt, iteration=0, lr=0.0)
+    assert all(g["lr"] == 0.0 for g in opt.param_groups)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # stepped with lr 0
